@@ -1,0 +1,44 @@
+# wasmpod: one release profile for everything (wasmtime is slow to compile and
+# slow to run unoptimised), so `target/release` stays warm across targets.
+CARGO ?= cargo
+CARGO_FLAGS ?= --release
+GUEST_TARGETS := --target wasm32-wasip1 --target wasm32-wasip2
+
+.PHONY: all setup build guests test e2e demo lint ci clean
+
+all: build
+
+## setup: install what a fresh Debian machine needs (idempotent; root)
+setup:
+	bash .ci/setup
+
+## build: the shim, the wasmpod CLI and the test harness
+build:
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
+
+## guests: Wasm test programs (modules and components) from e2e/guests
+guests:
+	$(CARGO) build --release $(GUEST_TARGETS) --manifest-path e2e/guests/Cargo.toml --target-dir target/guests
+
+## test: unit tests (no containerd needed)
+test:
+	$(CARGO) test $(CARGO_FLAGS) --workspace --exclude wasmpod-e2e
+
+## e2e: end-to-end tests against a private, real containerd (root)
+e2e: build guests
+	$(CARGO) test $(CARGO_FLAGS) -p wasmpod-e2e -- --test-threads=2
+
+## demo: start a private containerd, run the hello-world Wasm container, print its output
+demo: build guests
+	$(CARGO) run $(CARGO_FLAGS) -q -p wasmpod-e2e --bin wasmpod-demo
+
+## lint: formatting and clippy with warnings as errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
+
+## ci: everything CI runs
+ci: lint test e2e
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,5 @@
+//! Minimal guest: prints a fixed greeting to stdout.
+
+fn main() {
+    println!("hello from wasmpod");
+}

@@ -1,0 +1,231 @@
+//! Multi-tool guest used by the wasmpod end-to-end tests.
+//!
+//! The first argument selects an action; see [`usage`] for the list. Every
+//! action prints exactly what the tests expect and exits 0 unless stated.
+
+use std::fs;
+use std::hint::black_box;
+use std::io::{self, BufWriter, Read, Write};
+use std::process::exit;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage: probe ACTION [ARGS...]
+actions:
+  args [ANY...]        print each argument (including argv[0]) on its own line
+  env                  print each environment variable as K=V, sorted
+  exit N               exit with code N
+  cwd                  print the current directory
+  cat PATH             copy the file at PATH to stdout
+  write PATH TEXT      write TEXT to PATH, print `wrote PATH`
+  ls PATH              print the sorted entry names of directory PATH
+  echo                 copy stdin to stdout until EOF
+  spin                 print `spinning`, then loop forever
+  trap                 print `about to trap`, then execute `unreachable`
+  sleep SECS           sleep SECS seconds, then print `slept`
+  stderr TEXT          print TEXT to stderr
+  alloc MIB            allocate and touch MIB mebibytes
+  burn SECS            busy-loop for SECS seconds, then print `burned`
+  stdout-flood MIB     write MIB mebibytes of `x` lines to stdout";
+
+const MIB: usize = 1024 * 1024;
+const PAGE: usize = 4096;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let action = args.get(1).map(String::as_str).unwrap_or("");
+    let rest = args.get(2..).unwrap_or(&[]);
+    match (action, rest) {
+        ("args", _) => {
+            for arg in &args {
+                println!("{arg}");
+            }
+        }
+        ("env", []) => env(),
+        ("exit", [code]) => exit(parse(code)),
+        ("cwd", []) => match std::env::current_dir() {
+            Ok(dir) => println!("{}", dir.display()),
+            Err(err) => fail(format_args!("cwd: {err}")),
+        },
+        ("cat", [path]) => cat(path),
+        ("write", [path, text]) => match fs::write(path, text) {
+            Ok(()) => println!("wrote {path}"),
+            Err(err) => fail(format_args!("write {path}: {err}")),
+        },
+        ("ls", [path]) => ls(path),
+        ("echo", []) => echo(),
+        ("spin", []) => spin(),
+        ("trap", []) => {
+            println!("about to trap");
+            flush_stdout();
+            deliberate_trap();
+        }
+        ("sleep", [secs]) => {
+            std::thread::sleep(Duration::from_secs_f64(parse(secs)));
+            println!("slept");
+        }
+        ("stderr", [text]) => eprintln!("{text}"),
+        ("alloc", [mib]) => alloc(parse(mib)),
+        ("burn", [secs]) => burn(Duration::from_secs_f64(parse(secs))),
+        ("stdout-flood", [mib]) => stdout_flood(parse(mib)),
+        _ => usage(),
+    }
+}
+
+/// Prints the usage text to stderr and exits with code 2.
+fn usage() -> ! {
+    eprintln!("{USAGE}");
+    exit(2)
+}
+
+/// Parses a numeric argument, or exits with the usage text.
+fn parse<T: std::str::FromStr>(text: &str) -> T {
+    match text.parse() {
+        Ok(value) => value,
+        Err(_) => {
+            eprintln!("probe: invalid number: {text}");
+            usage()
+        }
+    }
+}
+
+/// Prints `probe: MESSAGE` to stderr and exits with code 1.
+fn fail(message: std::fmt::Arguments<'_>) -> ! {
+    eprintln!("probe: {message}");
+    exit(1)
+}
+
+fn flush_stdout() {
+    if let Err(err) = io::stdout().flush() {
+        fail(format_args!("flush stdout: {err}"));
+    }
+}
+
+fn env() {
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    vars.sort();
+    for (key, value) in vars {
+        println!("{key}={value}");
+    }
+}
+
+fn cat(path: &str) {
+    match fs::read(path) {
+        Ok(data) => {
+            let mut stdout = io::stdout().lock();
+            if let Err(err) = stdout.write_all(&data).and_then(|()| stdout.flush()) {
+                fail(format_args!("cat {path}: {err}"));
+            }
+        }
+        Err(err) => fail(format_args!("cat {path}: {err}")),
+    }
+}
+
+fn ls(path: &str) {
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(err) => fail(format_args!("ls {path}: {err}")),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(entry) => names.push(entry.file_name().to_string_lossy().into_owned()),
+            Err(err) => fail(format_args!("ls {path}: {err}")),
+        }
+    }
+    names.sort();
+    for name in names {
+        println!("{name}");
+    }
+}
+
+/// Copies stdin to stdout chunk by chunk (flushing each chunk) until EOF.
+fn echo() {
+    let mut stdin = io::stdin().lock();
+    let mut stdout = io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => fail(format_args!("echo: read stdin: {err}")),
+        };
+        if let Err(err) = stdout.write_all(&buf[..n]).and_then(|()| stdout.flush()) {
+            fail(format_args!("echo: write stdout: {err}"));
+        }
+    }
+    eprintln!("probe: eof");
+}
+
+fn spin() -> ! {
+    println!("spinning");
+    flush_stdout();
+    let mut counter: u64 = 0;
+    loop {
+        counter = black_box(counter.wrapping_add(1));
+    }
+}
+
+/// Executes the Wasm `unreachable` instruction, so the trap's backtrace names
+/// this function.
+#[inline(never)]
+fn deliberate_trap() -> ! {
+    #[cfg(target_arch = "wasm32")]
+    {
+        core::arch::wasm32::unreachable()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::process::abort()
+    }
+}
+
+fn alloc(mib: usize) {
+    let mut chunks: Vec<Vec<u8>> = Vec::with_capacity(mib);
+    for _ in 0..mib {
+        let mut chunk = vec![0u8; MIB];
+        for offset in (0..MIB).step_by(PAGE) {
+            chunk[offset] = 1;
+        }
+        chunks.push(black_box(chunk));
+    }
+    black_box(&chunks);
+    println!("allocated {mib} MiB");
+}
+
+fn burn(duration: Duration) {
+    let start = Instant::now();
+    let mut counter: u64 = 0;
+    while start.elapsed() < duration {
+        for _ in 0..10_000 {
+            counter = black_box(counter.wrapping_add(1));
+        }
+    }
+    black_box(counter);
+    println!("burned");
+}
+
+/// Writes `mib` mebibytes of 64-byte lines (`x` * 63 + newline) to stdout.
+fn stdout_flood(mib: usize) {
+    let mut line = [b'x'; 64];
+    line[63] = b'\n';
+    let mut out = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    let lines = mib * MIB / line.len();
+    for _ in 0..lines {
+        if let Err(err) = out.write_all(&line) {
+            fail(format_args!("stdout-flood: write stdout: {err}"));
+        }
+    }
+    if let Err(err) = out.flush() {
+        fail(format_args!("stdout-flood: write stdout: {err}"));
+    }
+    drop(out);
+    eprintln!("flood done");
+}

@@ -1,0 +1,1008 @@
+//! A private containerd for one test, and `ctr` to drive it.
+//!
+//! Everything containerd writes lives under one temporary directory `T`:
+//!
+//! | path                       | what                                      |
+//! |----------------------------|-------------------------------------------|
+//! | `T/config.toml`            | the configuration (version 2)             |
+//! | `T/root`, `T/state`        | containerd's root and state directories  |
+//! | `T/containerd.sock`        | gRPC socket (`.ttrpc` beside it)          |
+//! | `T/containerd.log`         | containerd's stdout and stderr, debug level |
+//! | `T/fifo`                   | `ctr`'s IO FIFOs (`--fifo-dir`)           |
+//!
+//! Shims still put their sockets in `/run/containerd/s` and runc its state in
+//! `/run/containerd/runc`, as those paths are fixed; cgroups are global too.
+//! Container ids must therefore be unique across harnesses running at the
+//! same time (tests of one binary run in parallel): use
+//! [`Containerd::unique_id`].
+
+use std::collections::BTreeSet;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::leftovers::{self, Leftover};
+use crate::process::{self, run_with_input, run_with_timeout, Hold, Input};
+
+/// Namespace that `ctr` uses unless [`ContainerdOptions::namespace`] says
+/// otherwise.
+pub const DEFAULT_NAMESPACE: &str = "wasmpod-e2e";
+
+/// How long [`Containerd::assert_no_leftovers`] waits for asynchronous
+/// cleanup before reporting what is left.
+pub const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
+
+/// How long containerd gets to exit after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Output of one `ctr` invocation.
+pub type CtrOutput = process::Output;
+
+/// How to start a [`Containerd`].
+#[derive(Debug, Clone)]
+pub struct ContainerdOptions {
+    /// The containerd binary (default `/usr/bin/containerd`).
+    pub containerd_bin: PathBuf,
+    /// The ctr binary (default `/usr/bin/ctr`).
+    pub ctr_bin: PathBuf,
+    /// Whether the CRI plugin is loaded (default `false`: it is listed in
+    /// `disabled_plugins`).
+    pub cri: bool,
+    /// TOML appended verbatim to the generated config (after its `[debug]`
+    /// table, so it should start with a table header). Do not set
+    /// `disabled_plugins` here when `cri` is `false`: the key is already set.
+    pub extra_config: String,
+    /// Namespace for `ctr` (default [`DEFAULT_NAMESPACE`]).
+    pub namespace: String,
+    /// Default timeout of one `ctr` invocation (default 60 s).
+    pub ctr_timeout: Duration,
+    /// How long containerd may take to answer `ctr version` (default 20 s).
+    pub start_timeout: Duration,
+    /// The shim under test; `None` (the default) means [`crate::shim_path`]
+    /// (`$WASMPOD_SHIM` or `<workspace>/target/release/...`).
+    pub shim: Option<PathBuf>,
+    /// Whether a missing shim is an error (default `true`). When `false`, the
+    /// shim's directory is still put on containerd's `PATH` if it exists;
+    /// for tests that only use runc.
+    pub require_shim: bool,
+    /// Extra environment for containerd, inherited by the shims it starts
+    /// (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ContainerdOptions {
+    fn default() -> Self {
+        ContainerdOptions {
+            containerd_bin: PathBuf::from("/usr/bin/containerd"),
+            ctr_bin: PathBuf::from("/usr/bin/ctr"),
+            cri: false,
+            extra_config: String::new(),
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            ctr_timeout: Duration::from_secs(60),
+            start_timeout: Duration::from_secs(20),
+            shim: None,
+            require_shim: true,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A running private containerd. Dropping it stops containerd, kills what it
+/// launched, unmounts what is left under its directory and removes it.
+#[derive(Debug)]
+pub struct Containerd {
+    opts: ContainerdOptions,
+    dir: PathBuf,
+    shim: Option<PathBuf>,
+    child: Option<Child>,
+    shim_sockets_before: BTreeSet<PathBuf>,
+    ids: Mutex<BTreeSet<String>>,
+    shut_down: bool,
+}
+
+/// Quotes `s` as a TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04X}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Boolean (value-less) flags of `ctr run` and `ctr containers create` in
+/// containerd 1.6; every other flag takes a value.
+const CTR_RUN_BOOL_FLAGS: &[&str] = &[
+    "rm",
+    "null-io",
+    "detach",
+    "d",
+    "cni",
+    "runc-systemd-cgroup",
+    "remap-labels",
+    "net-host",
+    "privileged",
+    "read-only",
+    "tty",
+    "t",
+    "allow-new-privs",
+    "seccomp",
+    "rootfs",
+    "no-pivot",
+    "help",
+    "h",
+];
+
+/// Flags of `ctr tasks start` that take a value.
+const CTR_START_VALUE_FLAGS: &[&str] = &["log-uri", "fifo-dir", "pid-file"];
+
+/// How a flag parser tells flags with a value from boolean ones.
+#[derive(Clone, Copy)]
+enum Flags<'a> {
+    /// These flags are boolean, all others take a value.
+    Bool(&'a [&'a str]),
+    /// These flags take a value, all others are boolean.
+    Valued(&'a [&'a str]),
+}
+
+/// The first `n` positional arguments of `args`, skipping flags and their
+/// values as `flags` says.
+fn positionals<'a>(args: &[&'a str], flags: Flags<'_>, n: usize) -> Vec<&'a str> {
+    let mut positional = Vec::new();
+    let mut i = 0;
+    while i < args.len() && positional.len() < n {
+        let a = args[i];
+        if a == "--" {
+            positional.extend(args[i + 1..].iter().take(n - positional.len()));
+            break;
+        }
+        if let Some(flag) = a.strip_prefix('-') {
+            let flag = flag.trim_start_matches('-');
+            let takes_value = match flags {
+                Flags::Bool(b) => !b.contains(&flag),
+                Flags::Valued(v) => v.contains(&flag),
+            };
+            if takes_value && !flag.contains('=') {
+                i += 1; // skip the value
+            }
+        } else {
+            positional.push(a);
+        }
+        i += 1;
+    }
+    positional
+}
+
+/// The first positional argument of `args`, whose flags taking a value are
+/// `valued`.
+fn first_positional(args: &[&str], valued: &[&str]) -> Option<String> {
+    positionals(args, Flags::Valued(valued), 1)
+        .first()
+        .map(|s| s.to_string())
+}
+
+/// The container id in the arguments of `ctr run ...` or `ctr containers
+/// create ...` (the second positional argument, after the image or rootfs).
+fn container_id_of(args: &[&str]) -> Option<String> {
+    let rest = match args {
+        ["run", rest @ ..] => rest,
+        ["containers" | "container" | "c", "create", rest @ ..] => rest,
+        _ => return None,
+    };
+    positionals(rest, Flags::Bool(CTR_RUN_BOOL_FLAGS), 2)
+        .get(1)
+        .map(|s| s.to_string())
+}
+
+/// Where `--fifo-dir` goes in `args`, if the subcommand takes it (`run`,
+/// `tasks start`, `tasks exec`) and it is not given already.
+fn fifo_dir_position(args: &[&str]) -> Option<usize> {
+    if args
+        .iter()
+        .any(|a| *a == "--fifo-dir" || a.starts_with("--fifo-dir="))
+    {
+        return None;
+    }
+    match args {
+        ["run", ..] => Some(1),
+        ["tasks" | "task" | "t", "start" | "exec", ..] => Some(2),
+        _ => None,
+    }
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name)
+        .map(|v| !v.is_empty() && v != "0")
+        .unwrap_or(false)
+}
+
+/// Last `n` lines of the file at `path` (a note when it cannot be read).
+fn tail_of(path: &Path, n: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+impl Containerd {
+    /// Starts a private containerd and waits until it answers `ctr version`.
+    pub fn start(opts: ContainerdOptions) -> Result<Containerd> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("the wasmpod e2e harness must run as root (it starts containerd, mounts and cgroups)");
+        }
+        for (what, bin) in [("containerd", &opts.containerd_bin), ("ctr", &opts.ctr_bin)] {
+            if !bin.is_file() {
+                bail!(
+                    "{what} binary not found at {} (install containerd, or set it in ContainerdOptions)",
+                    bin.display()
+                );
+            }
+        }
+        let shim = match (&opts.shim, opts.require_shim) {
+            (Some(p), true) if !p.is_file() => {
+                bail!("shim under test not found at {}", p.display())
+            }
+            (Some(p), _) => Some(p.clone()),
+            (None, true) => Some(crate::shim_path()?),
+            (None, false) => crate::shim_path().ok(),
+        };
+
+        let base = match std::env::var_os("WASMPOD_E2E_TMP") {
+            Some(b) if !b.is_empty() => PathBuf::from(b),
+            _ => std::env::temp_dir(),
+        };
+        fs::create_dir_all(&base)
+            .with_context(|| format!("failed to create {}", base.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("wasmpod-e2e-")
+            .tempdir_in(&base)
+            .with_context(|| {
+                format!(
+                    "failed to create a temporary directory in {}",
+                    base.display()
+                )
+            })?
+            .keep();
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("failed to resolve {}", dir.display()))?;
+
+        let mut cd = Containerd {
+            opts,
+            dir,
+            shim,
+            child: None,
+            shim_sockets_before: leftovers::shim_socket_entries(),
+            ids: Mutex::new(BTreeSet::new()),
+            shut_down: false,
+        };
+        // From here on, Drop cleans up whatever fails.
+        cd.prepare()?;
+        cd.spawn()?;
+        Ok(cd)
+    }
+
+    /// Creates the directories and the config file.
+    fn prepare(&self) -> Result<()> {
+        // sockaddr_un holds 108 bytes including the NUL; the ttrpc socket is
+        // the longest path containerd listens on.
+        let ttrpc = self.ttrpc_socket();
+        if ttrpc.as_os_str().len() > 100 {
+            bail!(
+                "socket path {} is too long for a unix socket; set WASMPOD_E2E_TMP to a shorter directory",
+                ttrpc.display()
+            );
+        }
+        for d in [self.root(), self.state(), self.fifo_dir()] {
+            fs::create_dir_all(&d).with_context(|| format!("failed to create {}", d.display()))?;
+        }
+        let config = self.config_toml();
+        fs::write(self.config_path(), config)
+            .with_context(|| format!("failed to write {}", self.config_path().display()))
+    }
+
+    /// The generated configuration.
+    fn config_toml(&self) -> String {
+        let p = |p: PathBuf| toml_str(&p.to_string_lossy());
+        let mut c = String::new();
+        c.push_str("version = 2\n");
+        c.push_str(&format!("root = {}\n", p(self.root())));
+        c.push_str(&format!("state = {}\n", p(self.state())));
+        if !self.opts.cri {
+            c.push_str("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n");
+        }
+        c.push_str(&format!("\n[grpc]\n  address = {}\n", p(self.socket())));
+        c.push_str(&format!(
+            "\n[ttrpc]\n  address = {}\n",
+            p(self.ttrpc_socket())
+        ));
+        c.push_str("\n[debug]\n  level = \"debug\"\n");
+        if !self.opts.extra_config.is_empty() {
+            c.push('\n');
+            c.push_str(&self.opts.extra_config);
+            c.push('\n');
+        }
+        c
+    }
+
+    /// `PATH` for containerd: the shim's directory first, then the test's
+    /// own `PATH`, then the usual system directories (runc is in `/usr/sbin`).
+    fn containerd_path_env(&self) -> std::ffi::OsString {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        if let Some(dir) = self.shim.as_deref().and_then(Path::parent) {
+            dirs.push(dir.to_path_buf());
+        }
+        if let Some(path) = std::env::var_os("PATH") {
+            dirs.extend(std::env::split_paths(&path));
+        }
+        for d in [
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ] {
+            dirs.push(PathBuf::from(d));
+        }
+        let mut seen = BTreeSet::new();
+        dirs.retain(|d| seen.insert(d.clone()));
+        std::env::join_paths(dirs).unwrap_or_default()
+    }
+
+    /// Launches containerd with the config and waits for it to answer.
+    fn spawn(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("containerd is already running (pid {:?})", self.pid());
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .with_context(|| format!("failed to open {}", self.log_path().display()))?;
+        let log2 = log
+            .try_clone()
+            .context("failed to duplicate the containerd log file")?;
+        let mut cmd = Command::new(&self.opts.containerd_bin);
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .env("PATH", self.containerd_path_env())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("CONTAINERD_ADDRESS")
+            .env_remove("CONTAINERD_NAMESPACE");
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("failed to start {}", self.opts.containerd_bin.display()))?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// Polls `ctr version` until it succeeds, containerd exits, or
+    /// [`ContainerdOptions::start_timeout`] passes.
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + self.opts.start_timeout;
+        let mut last = String::from("no attempt made");
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait().context("failed to poll containerd")? {
+                    self.child = None;
+                    bail!(
+                        "containerd exited during startup ({status}); last lines of {}:\n{}",
+                        self.log_path().display(),
+                        self.log_tail(40)
+                    );
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                bail!(
+                    "containerd did not answer `ctr version` on {} within {:?} (last attempt: {last}); last lines of {}:\n{}",
+                    self.socket().display(),
+                    self.opts.start_timeout,
+                    self.log_path().display(),
+                    self.log_tail(40)
+                );
+            }
+            if self.socket().exists() {
+                let mut cmd = self.ctr_command(&["--connect-timeout", "1s", "version"]);
+                match run_with_timeout(&mut cmd, None, remaining.min(Duration::from_secs(5))) {
+                    Ok(out) if out.success() => return Ok(()),
+                    Ok(out) => last = format!("{:?}: {}", out.status, out.stderr.trim()),
+                    Err(e) => last = format!("{e:#}"),
+                }
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The gRPC socket (`T/containerd.sock`).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    /// The ttrpc socket (`T/containerd.sock.ttrpc`).
+    pub fn ttrpc_socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock.ttrpc")
+    }
+
+    /// containerd's root directory (`T/root`).
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    /// containerd's state directory (`T/state`).
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The harness' temporary directory `T`.
+    pub fn tempdir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Directory for `ctr`'s IO FIFOs (`T/fifo`).
+    pub fn fifo_dir(&self) -> PathBuf {
+        self.dir.join("fifo")
+    }
+
+    /// The generated config file (`T/config.toml`).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    /// containerd's log (`T/containerd.log`).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("containerd.log")
+    }
+
+    /// The last `n` lines of containerd's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail_of(&self.log_path(), n)
+    }
+
+    /// The `ctr` namespace.
+    pub fn namespace(&self) -> &str {
+        &self.opts.namespace
+    }
+
+    /// The shim whose directory is on containerd's `PATH`, if any.
+    pub fn shim(&self) -> Option<&Path> {
+        self.shim.as_deref()
+    }
+
+    /// The options this containerd was started with.
+    pub fn options(&self) -> &ContainerdOptions {
+        &self.opts
+    }
+
+    /// Process id of containerd, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Notes a container id used by the test, so that
+    /// [`assert_no_leftovers`](Self::assert_no_leftovers) checks its cgroups,
+    /// shim socket and runc state. Ids passed to `ctr run` and `ctr
+    /// containers create` are tracked automatically.
+    pub fn track_container_id(&self, id: &str) {
+        if let Ok(mut ids) = self.ids.lock() {
+            ids.insert(id.to_string());
+        }
+    }
+
+    /// The container ids tracked so far.
+    pub fn tracked_ids(&self) -> Vec<String> {
+        self.ids
+            .lock()
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A container id unique among all harnesses on the host (`PREFIX-PID-N`),
+    /// already tracked.
+    pub fn unique_id(&self, prefix: &str) -> String {
+        let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{prefix}-{}-{n}", std::process::id());
+        self.track_container_id(&id);
+        id
+    }
+
+    /// A `ctr` command with the address and namespace set, and `--fifo-dir
+    /// T/fifo` added to `run`, `tasks start` and `tasks exec`.
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.opts.ctr_bin);
+        cmd.arg("--address")
+            .arg(self.socket())
+            .arg("--namespace")
+            .arg(&self.opts.namespace)
+            .env_remove("CONTAINERD_ADDRESS")
+            .env_remove("CONTAINERD_NAMESPACE");
+        match fifo_dir_position(args) {
+            Some(at) => {
+                cmd.args(&args[..at])
+                    .arg("--fifo-dir")
+                    .arg(self.fifo_dir())
+                    .args(&args[at..]);
+            }
+            None => {
+                cmd.args(args);
+            }
+        }
+        cmd
+    }
+
+    /// Runs `ctr ARGS` with `stdin` (or `/dev/null`) and `timeout`. Only a
+    /// failure to run it or a timeout (after which ctr is killed) is an
+    /// error; the exit status is in the output.
+    pub fn ctr_with_timeout(
+        &self,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<CtrOutput> {
+        if let Some(id) = container_id_of(args) {
+            self.track_container_id(&id);
+        }
+        let mut cmd = self.ctr_command(args);
+        let input = stdin.map(|data| Input {
+            data: data.to_vec(),
+            hold: Some(self.stdin_hold(args, timeout)),
+        });
+        run_with_input(&mut cmd, input, timeout).with_context(|| {
+            format!(
+                "ctr {args:?} did not complete; last lines of containerd's log:\n{}",
+                self.log_tail(20)
+            )
+        })
+    }
+
+    /// When `ctr`'s standard input may end. ctr 1.6 forwards the end of its
+    /// standard input to the task (`CloseIO`) only if it comes after the
+    /// task (or exec process) was created: an earlier end of file is lost and
+    /// the task never sees it (`cat` would wait forever). So after the data,
+    /// the pipe is held open until `ctr tasks ls` lists the task (for `run`
+    /// and `tasks start`), then 200 ms more; for other commands (`tasks
+    /// exec`), for 1 s. It is closed at once when ctr exits.
+    fn stdin_hold(&self, args: &[&str], timeout: Duration) -> Hold {
+        let task = container_id_of(args).or_else(|| match args {
+            ["tasks" | "task" | "t", "start", rest @ ..] => {
+                first_positional(rest, CTR_START_VALUE_FLAGS)
+            }
+            _ => None,
+        });
+        let wait_for_exit = |exited: &AtomicBool, d: Duration| {
+            let until = Instant::now() + d;
+            while !exited.load(Ordering::SeqCst) && Instant::now() < until {
+                thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let Some(task) = task else {
+            return Box::new(move |exited: &AtomicBool| {
+                wait_for_exit(exited, Duration::from_secs(1));
+            });
+        };
+        let ctr_bin = self.opts.ctr_bin.clone();
+        let socket = self.socket();
+        let namespace = self.opts.namespace.clone();
+        Box::new(move |exited: &AtomicBool| {
+            let deadline = Instant::now() + timeout;
+            while !exited.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let mut ls = Command::new(&ctr_bin);
+                ls.arg("--address")
+                    .arg(&socket)
+                    .arg("--namespace")
+                    .arg(&namespace)
+                    .args(["tasks", "ls", "--quiet"]);
+                let listed = run_with_timeout(&mut ls, None, Duration::from_secs(5))
+                    .map(|out| out.stdout.lines().any(|l| l.trim() == task))
+                    .unwrap_or(false);
+                if listed {
+                    wait_for_exit(exited, Duration::from_millis(200));
+                    return;
+                }
+                wait_for_exit(exited, Duration::from_millis(50));
+            }
+        })
+    }
+
+    /// Starts `ctr ARGS` in the background (same address, namespace, FIFO
+    /// directory and id tracking as [`ctr`](Self::ctr)) and returns the
+    /// child, e.g. for a `ctr run` to be signalled while it runs. Standard
+    /// input is `/dev/null`; standard output and error are piped, so read
+    /// them (or expect little output): a full pipe (64 KiB) blocks ctr. The
+    /// caller waits for (or kills) the child; no timeout applies.
+    pub fn ctr_spawn(&self, args: &[&str]) -> Result<Child> {
+        if let Some(id) = container_id_of(args) {
+            self.track_container_id(&id);
+        }
+        self.ctr_command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("failed to spawn ctr {args:?}"))
+    }
+
+    /// Runs `ctr ARGS` and returns its standard output; a non-zero exit is an
+    /// error holding the arguments, status and standard error.
+    pub fn ctr(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr_output(args)?;
+        if !out.success() {
+            bail!(
+                "ctr {args:?} failed (exit {:?}, signal {:?})\nstderr: {}\nstdout: {}",
+                out.status,
+                out.signal,
+                out.stderr.trim_end(),
+                out.stdout.trim_end()
+            );
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs `ctr ARGS` and returns status and output, whatever the status.
+    pub fn ctr_output(&self, args: &[&str]) -> Result<CtrOutput> {
+        self.ctr_with_timeout(args, None, self.opts.ctr_timeout)
+    }
+
+    /// Runs `ctr ARGS` with `input` on its standard input; like
+    /// [`ctr_output`](Self::ctr_output), the status is not checked.
+    pub fn ctr_with_stdin(&self, args: &[&str], input: &[u8]) -> Result<CtrOutput> {
+        self.ctr_with_timeout(args, Some(input), self.opts.ctr_timeout)
+    }
+
+    /// Sends `signal` to containerd and waits up to `grace` for it to exit,
+    /// then SIGKILLs it. No-op when it is not running.
+    fn stop_process(&mut self, signal: Signal, grace: Duration) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = Pid::from_raw(
+            i32::try_from(child.id()).context("containerd's pid does not fit in pid_t")?,
+        );
+        if child
+            .try_wait()
+            .context("failed to poll containerd")?
+            .is_some()
+        {
+            return Ok(());
+        }
+        kill(pid, signal)
+            .with_context(|| format!("failed to send {signal} to containerd {pid}"))?;
+        if process::wait_until(&mut child, grace)
+            .context("failed to wait for containerd")?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let _ = child.kill();
+        child
+            .wait()
+            .with_context(|| format!("failed to reap containerd {pid} after SIGKILL"))?;
+        Ok(())
+    }
+
+    /// Stops containerd with SIGTERM (SIGKILL after 10 s) and starts it
+    /// again with the same configuration; shims keep running meanwhile.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop_process(Signal::SIGTERM, STOP_GRACE)?;
+        self.spawn()
+    }
+
+    /// Kills containerd with SIGKILL (and reaps it), leaving shims and
+    /// containers running; see [`start_again`](Self::start_again).
+    pub fn kill9(&mut self) -> Result<()> {
+        self.stop_process(Signal::SIGKILL, STOP_GRACE)
+    }
+
+    /// Starts containerd again after [`kill9`](Self::kill9).
+    pub fn start_again(&mut self) -> Result<()> {
+        self.spawn()
+    }
+
+    /// Processes launched by this containerd (not containerd itself, nor the
+    /// test process or the `ctr`s it is running).
+    pub fn processes(&self) -> Result<Vec<leftovers::ProcInfo>> {
+        let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let procs = leftovers::list_processes()?;
+        let mut exclude: BTreeSet<i32> = procs
+            .iter()
+            .filter(|p| p.ppid == me)
+            .map(|p| p.pid)
+            .collect();
+        exclude.insert(me);
+        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+            exclude.insert(pid);
+        }
+        Ok(leftovers::harness_processes(
+            &procs,
+            &self.dir,
+            &self.socket(),
+            crate::SHIM_BINARY,
+            &exclude,
+        ))
+    }
+
+    /// Everything left behind right now (no waiting); see
+    /// [`assert_no_leftovers`](Self::assert_no_leftovers) for what counts.
+    pub fn leftovers(&self) -> Result<Vec<Leftover>> {
+        let mut out = Vec::new();
+        let procs = self.processes()?;
+        let pids: BTreeSet<i32> = procs.iter().map(|p| p.pid).collect();
+        out.extend(procs.iter().map(leftovers::ProcInfo::to_leftover));
+
+        out.extend(
+            leftovers::mounts_under(&self.dir)?
+                .into_iter()
+                .map(Leftover::Mount),
+        );
+        out.extend(
+            leftovers::task_state_entries(&self.state())
+                .into_iter()
+                .map(Leftover::TaskState),
+        );
+        for dir in [self.state(), self.fifo_dir()] {
+            out.extend(leftovers::fifos_under(&dir).into_iter().map(Leftover::Fifo));
+        }
+
+        let ids = self.tracked_ids();
+        let mut sockets: BTreeSet<PathBuf> = ids
+            .iter()
+            .map(|id| leftovers::shim_socket_path(&self.socket(), self.namespace(), id))
+            .filter(|p| p.exists())
+            .collect();
+        // New sockets in /run/containerd/s held by our processes (covers
+        // sandbox ids and ids that were not tracked).
+        let new: BTreeSet<PathBuf> = leftovers::shim_socket_entries()
+            .difference(&self.shim_sockets_before)
+            .cloned()
+            .collect();
+        if !new.is_empty() && !pids.is_empty() {
+            let held = leftovers::unix_socket_paths_of(&pids);
+            sockets.extend(new.intersection(&held).cloned());
+        }
+        out.extend(sockets.into_iter().map(Leftover::ShimSocket));
+
+        out.extend(
+            leftovers::leftover_cgroups(&ids)
+                .into_iter()
+                .map(Leftover::Cgroup),
+        );
+        out.extend(
+            leftovers::leftover_runc_state(self.namespace(), &ids)
+                .into_iter()
+                .map(Leftover::RuncState),
+        );
+        Ok(out)
+    }
+
+    /// Checks that nothing of this harness is left once the test removed all
+    /// its containers, retrying for up to 5 s as containerd cleans up
+    /// asynchronously. Looked at:
+    /// 1. processes whose command line mentions `T`, or that run the shim with
+    ///    `-address` our socket, and their descendants (containerd excepted);
+    /// 2. mounts under `T`;
+    /// 3. task bundles under `T/state/io.containerd.runtime.v2.task/<ns>/`;
+    /// 4. FIFOs under `T/state` and `T/fifo`;
+    /// 5. shim sockets in `/run/containerd/s` of tracked ids, or new there
+    ///    since the start and held by a process of rule 1;
+    /// 6. cgroups and runc state named after tracked container ids.
+    pub fn assert_no_leftovers(&self) -> Result<()> {
+        let deadline = Instant::now() + LEFTOVER_GRACE;
+        loop {
+            let found = self.leftovers()?;
+            if found.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let list: Vec<String> = found.iter().map(|l| format!("  - {l}")).collect();
+                return Err(anyhow!(
+                    "{} leftover(s) after {:?}:\n{}\nlast lines of containerd's log:\n{}",
+                    found.len(),
+                    LEFTOVER_GRACE,
+                    list.join("\n"),
+                    self.log_tail(30)
+                ));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops containerd and cleans up (see the type's documentation),
+    /// reporting what could not be done.
+    pub fn stop(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    /// The cleanup shared by [`stop`](Self::stop) and `Drop`.
+    fn shutdown(&mut self) -> Result<()> {
+        if self.shut_down {
+            return Ok(());
+        }
+        self.shut_down = true;
+        let mut errors: Vec<String> = Vec::new();
+
+        if let Err(e) = self.stop_process(Signal::SIGTERM, STOP_GRACE) {
+            errors.push(format!("stopping containerd: {e:#}"));
+        }
+        if let Err(e) = self.kill_processes() {
+            errors.push(format!("killing leftover processes: {e:#}"));
+        }
+        self.remove_tracked_leftovers();
+        if let Err(e) = self.unmount_all() {
+            errors.push(format!("unmounting: {e:#}"));
+        }
+        if env_flag("WASMPOD_E2E_KEEP") {
+            eprintln!("wasmpod-e2e: keeping {}", self.dir.display());
+        } else if let Err(e) = fs::remove_dir_all(&self.dir) {
+            errors.push(format!("removing {}: {e}", self.dir.display()));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!(
+                "cleanup of the e2e containerd at {} failed:\n{}",
+                self.dir.display(),
+                errors.join("\n")
+            )
+        }
+    }
+
+    /// SIGKILLs the processes of leftover rule 1 and waits (up to 5 s) for
+    /// them to be gone or zombies.
+    fn kill_processes(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let alive: Vec<_> = self
+                .processes()?
+                .into_iter()
+                .filter(|p| p.state != 'Z' && p.state != 'X')
+                .collect();
+            if alive.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let pids: Vec<i32> = alive.iter().map(|p| p.pid).collect();
+                bail!("processes still alive after SIGKILL: {pids:?}");
+            }
+            for p in &alive {
+                // It may have exited meanwhile: ESRCH is fine.
+                let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Best-effort removal of what tracked containers may have left outside
+    /// `T` once their processes are dead: empty cgroups, runc state, stale
+    /// shim sockets.
+    fn remove_tracked_leftovers(&self) {
+        let ids = self.tracked_ids();
+        for cg in leftovers::leftover_cgroups(&ids) {
+            let _ = fs::remove_dir(&cg);
+        }
+        for dir in leftovers::leftover_runc_state(self.namespace(), &ids) {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        for id in &ids {
+            let sock = leftovers::shim_socket_path(&self.socket(), self.namespace(), id);
+            let _ = fs::remove_file(&sock);
+        }
+    }
+
+    /// Lazily unmounts everything under `T`, deepest first, repeating while
+    /// mounts remain (mounts can be stacked).
+    fn unmount_all(&self) -> Result<()> {
+        for _ in 0..20 {
+            let mut mounts = leftovers::mounts_under(&self.dir)?;
+            if mounts.is_empty() {
+                return Ok(());
+            }
+            // Deepest first; among equals, the most recent first.
+            mounts.reverse();
+            mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+            for m in mounts {
+                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let left = leftovers::mounts_under(&self.dir)?;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            bail!("still mounted: {left:?}")
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if thread::panicking() && !self.shut_down {
+            eprintln!(
+                "wasmpod-e2e: test failed; last lines of {}:\n{}",
+                self.log_path().display(),
+                self.log_tail(40)
+            );
+        }
+        if let Err(e) = self.shutdown() {
+            eprintln!("wasmpod-e2e: {e:#}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_container_ids() {
+        assert_eq!(
+            container_id_of(&["run", "--rm", "--runtime", "io.x.v1", "img", "c1", "a"]),
+            Some("c1".into())
+        );
+        assert_eq!(
+            container_id_of(&["run", "-d", "--env=A=B", "--label", "x=y", "img", "c2"]),
+            Some("c2".into())
+        );
+        assert_eq!(
+            container_id_of(&["run", "--rootfs", "/r", "c3", "/bin/sh"]),
+            Some("c3".into())
+        );
+        assert_eq!(
+            container_id_of(&["c", "create", "--runtime", "r", "img", "c4"]),
+            Some("c4".into())
+        );
+        assert_eq!(container_id_of(&["images", "ls"]), None);
+        assert_eq!(
+            first_positional(&["--fifo-dir", "/f", "-d", "c5"], CTR_START_VALUE_FLAGS),
+            Some("c5".into())
+        );
+        assert_eq!(container_id_of(&["run", "img"]), None);
+    }
+
+    #[test]
+    fn fifo_dir_goes_after_the_subcommand() {
+        assert_eq!(fifo_dir_position(&["run", "--rm", "i", "c"]), Some(1));
+        assert_eq!(fifo_dir_position(&["tasks", "exec", "c"]), Some(2));
+        assert_eq!(fifo_dir_position(&["t", "start", "c"]), Some(2));
+        assert_eq!(fifo_dir_position(&["tasks", "ls"]), None);
+        assert_eq!(
+            fifo_dir_position(&["run", "--fifo-dir", "/x", "i", "c"]),
+            None
+        );
+        assert_eq!(fifo_dir_position(&["images", "ls"]), None);
+    }
+
+    #[test]
+    fn toml_quoting() {
+        assert_eq!(toml_str("/tmp/a\"b\\c"), "\"/tmp/a\\\"b\\\\c\"");
+        assert_eq!(toml_str("x\ny"), "\"x\\u000Ay\"");
+    }
+}

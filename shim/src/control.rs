@@ -1,0 +1,92 @@
+//! The control channel between the shim and a runner process: one JSON
+//! message per line over the socket the runner finds at fd 3.
+//!
+//! ```text
+//! shim   → runner  RunRequest            (container id and run plan)
+//! runner → shim    Reply::Ready | Failed (module loaded and linked, or why not)
+//! shim   → runner  "start"               (Start: run the guest)
+//! ```
+//! If the socket closes before `start`, the runner exits without running
+//! anything: the shim went away or the task was deleted before it started.
+
+use std::io::{BufRead, Write};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use wasmpod_oci::plan::RunPlan;
+
+/// What the shim asks a runner to prepare.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// Container id, for messages.
+    pub id: String,
+    /// The validated plan from the container's spec.
+    pub plan: RunPlan,
+}
+
+/// The runner's answer once it has loaded (or failed to load) the workload.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Reply {
+    /// The Wasm is compiled and linked; the runner waits for `start`.
+    Ready {
+        /// `module` or `component`.
+        kind: String,
+        /// The guest path the entry point resolved to.
+        entrypoint: String,
+    },
+    /// The workload cannot run; `message` says why.
+    Failed { message: String },
+}
+
+/// The line the shim sends to start the guest.
+pub const START: &str = "start";
+
+/// Writes `msg` as one JSON line.
+pub fn send<W: Write, T: Serialize>(w: &mut W, msg: &T) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line)?;
+    w.flush()
+}
+
+/// Reads one JSON line; `Ok(None)` at end of stream.
+pub fn recv<R: BufRead, T: DeserializeOwned>(r: &mut R) -> std::io::Result<Option<T>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_round_trip() {
+        let mut buf = Vec::new();
+        let ready = Reply::Ready {
+            kind: "module".into(),
+            entrypoint: "/app.wasm".into(),
+        };
+        send(&mut buf, &ready).unwrap();
+        send(
+            &mut buf,
+            &Reply::Failed {
+                message: "no".into(),
+            },
+        )
+        .unwrap();
+        let mut r = std::io::BufReader::new(&buf[..]);
+        assert_eq!(recv::<_, Reply>(&mut r).unwrap(), Some(ready));
+        assert_eq!(
+            recv::<_, Reply>(&mut r).unwrap(),
+            Some(Reply::Failed {
+                message: "no".into()
+            })
+        );
+        assert_eq!(recv::<_, Reply>(&mut r).unwrap(), None);
+    }
+}

@@ -1,0 +1,328 @@
+//! wasmtime inside a runner process: load the entry point, link it against
+//! WASI, build the guest's view of the world from the plan, and run it.
+//!
+//! Exit status contract (documented in the README):
+//! - `proc_exit(n)` / `std::process::exit(n)` in the guest → `n`;
+//! - a component's `wasi:cli/run` returning `err` → 1;
+//! - a trap (`unreachable`, out-of-bounds access, stack overflow, ...) →
+//!   [`TRAP_EXIT_CODE`] (134, as the `wasmtime` CLI), with the trap message and
+//!   the Wasm backtrace on the container's stderr;
+//! - any other runtime error → 1, with the error on stderr.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use wasmpod_oci::plan::RunPlan;
+use wasmpod_oci::wasm::{classify, WasmKind};
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap, WasmBacktraceDetails};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::sys;
+
+/// Exit code of a guest that trapped (128 + SIGABRT, like the wasmtime CLI).
+pub const TRAP_EXIT_CODE: i32 = 134;
+
+/// Why a workload cannot be prepared. Each message names the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The root filesystem directory cannot be opened.
+    #[error("rootfs {path}: {source}")]
+    Rootfs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No candidate path for `args[0]` exists inside the rootfs.
+    #[error("entrypoint {arg0:?} not found in the container's rootfs (looked for {})", tried.join(", "))]
+    EntrypointNotFound { arg0: String, tried: Vec<String> },
+    /// The entry point exists but is not a regular file.
+    #[error("entrypoint {path}: not a regular file")]
+    NotAFile { path: String },
+    /// The entry point could not be opened or read.
+    #[error("entrypoint {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The entry point is not a WebAssembly binary.
+    #[error("entrypoint {path} is not WebAssembly ({what}); the wasmpod runtime runs .wasm modules and components only")]
+    NotWasm { path: String, what: &'static str },
+    /// wasmtime rejected the binary (corrupt, truncated, unsupported feature).
+    #[error("entrypoint {path}: invalid WebAssembly: {reason}")]
+    Compile { path: String, reason: String },
+    /// The binary imports something WASI does not provide, or lacks an export.
+    #[error("entrypoint {path}: cannot link: {reason}")]
+    Link { path: String, reason: String },
+    /// A preopen (root or bind mount) could not be opened.
+    #[error("mount {guest} (host {host}): {reason}")]
+    Preopen {
+        host: PathBuf,
+        guest: String,
+        reason: String,
+    },
+    /// wasmtime could not be configured.
+    #[error("wasmtime engine: {0}")]
+    Engine(String),
+}
+
+/// State of a component instance: the WASI context and its resource table.
+pub struct ComponentHost {
+    ctx: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for ComponentHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+enum Loaded {
+    Module {
+        pre: InstancePre<WasiP1Ctx>,
+        ctx: WasiP1Ctx,
+    },
+    Component {
+        pre: CommandPre<ComponentHost>,
+        ctx: WasiCtx,
+    },
+}
+
+/// A workload that is compiled, linked and has its WASI context built:
+/// all that is left is to run it.
+pub struct Prepared {
+    engine: Engine,
+    loaded: Loaded,
+    /// Guest path the entry point resolved to.
+    pub entrypoint: String,
+    /// Whether it is a module or a component.
+    pub kind: WasmKind,
+}
+
+/// The engine configuration every runner uses.
+pub fn engine() -> Result<Engine, LoadError> {
+    let mut config = Config::new();
+    config.wasm_backtrace_details(WasmBacktraceDetails::Enable);
+    config.wasm_component_model(true);
+    Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))
+}
+
+/// Finds, compiles and links the plan's entry point and builds its WASI
+/// context. Nothing of the guest runs yet.
+pub fn prepare(plan: &RunPlan) -> Result<Prepared, LoadError> {
+    let root = File::open(&plan.root.path).map_err(|source| LoadError::Rootfs {
+        path: plan.root.path.clone(),
+        source,
+    })?;
+    let (entrypoint, bytes) = read_entrypoint(&root, plan)?;
+    let kind = match classify(&bytes) {
+        Some(kind) => kind,
+        None => {
+            let what = if bytes.starts_with(b"\x7fELF") {
+                "an ELF executable: run Linux containers with runc"
+            } else if bytes.starts_with(b"#!") {
+                "a script"
+            } else if bytes.starts_with(&wasmpod_oci::wasm::MAGIC) {
+                "an unknown WebAssembly version"
+            } else {
+                "no \\0asm header"
+            };
+            return Err(LoadError::NotWasm {
+                path: entrypoint,
+                what,
+            });
+        }
+    };
+    let engine = engine()?;
+    let compile_err = |e: wasmtime::Error| LoadError::Compile {
+        path: entrypoint.clone(),
+        reason: format!("{e:#}"),
+    };
+    let link_err = |e: wasmtime::Error| LoadError::Link {
+        path: entrypoint.clone(),
+        reason: format!("{e:#}"),
+    };
+    let mut builder = wasi_builder(plan)?;
+    let loaded = match kind {
+        WasmKind::Module => {
+            let module = Module::new(&engine, &bytes).map_err(compile_err)?;
+            if module.get_export("_start").is_none() {
+                return Err(LoadError::Link {
+                    path: entrypoint,
+                    reason: "module exports no `_start` function (not a WASI command)".into(),
+                });
+            }
+            let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+            wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |ctx| ctx).map_err(link_err)?;
+            let pre = linker.instantiate_pre(&module).map_err(link_err)?;
+            Loaded::Module {
+                pre,
+                ctx: builder.build_p1(),
+            }
+        }
+        WasmKind::Component => {
+            let component = Component::new(&engine, &bytes).map_err(compile_err)?;
+            let mut linker = wasmtime::component::Linker::<ComponentHost>::new(&engine);
+            // `exit-with-code` (WASI 0.2.12) is linked too, so components
+            // that use it keep their code; plain `exit` is only ok or err.
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_err)?;
+            let pre = linker.instantiate_pre(&component).map_err(link_err)?;
+            let pre = CommandPre::new(pre).map_err(link_err)?;
+            builder.initial_cwd(&plan.cwd);
+            Loaded::Component {
+                pre,
+                ctx: builder.build(),
+            }
+        }
+    };
+    Ok(Prepared {
+        engine,
+        loaded,
+        entrypoint,
+        kind,
+    })
+}
+
+fn read_entrypoint(root: &File, plan: &RunPlan) -> Result<(String, Vec<u8>), LoadError> {
+    let candidates = plan.entrypoint_candidates();
+    for path in &candidates {
+        let mut file = match sys::open_in_root(root, path) {
+            Ok(f) => f,
+            Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) => continue,
+            Err(e) => {
+                return Err(LoadError::Read {
+                    path: path.clone(),
+                    source: e.into(),
+                })
+            }
+        };
+        let read_err = |source| LoadError::Read {
+            path: path.clone(),
+            source,
+        };
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() {
+            if candidates.len() > 1 {
+                continue;
+            }
+            return Err(LoadError::NotAFile { path: path.clone() });
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.read_to_end(&mut bytes).map_err(read_err)?;
+        return Ok((path.clone(), bytes));
+    }
+    Err(LoadError::EntrypointNotFound {
+        arg0: plan.args.first().cloned().unwrap_or_default(),
+        tried: candidates,
+    })
+}
+
+fn wasi_builder(plan: &RunPlan) -> Result<WasiCtxBuilder, LoadError> {
+    let mut b = WasiCtxBuilder::new();
+    b.args(&plan.args).envs(&plan.env).inherit_stdio();
+    let perms = |ro: bool| {
+        if ro {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        }
+    };
+    preopen(&mut b, &plan.root.path, "/", perms(plan.root.readonly))?;
+    for m in &plan.binds {
+        // WASI preopens are directories; a file bind (e.g. /etc/hosts) has no
+        // preopen of its own.
+        if !Path::new(&m.source).is_dir() {
+            if !m.source.exists() {
+                return Err(LoadError::Preopen {
+                    host: m.source.clone(),
+                    guest: m.destination.clone(),
+                    reason: "source does not exist".into(),
+                });
+            }
+            continue;
+        }
+        // A read-only root makes every mount below it read-only as well
+        // only where the spec says so; mounts keep their own mode.
+        preopen(&mut b, &m.source, &m.destination, perms(m.readonly))?;
+    }
+    Ok(b)
+}
+
+fn preopen(
+    b: &mut WasiCtxBuilder,
+    host: &Path,
+    guest: &str,
+    perms: FsPerms,
+) -> Result<(), LoadError> {
+    b.preopened_dir(host, guest, perms)
+        .map(|_| ())
+        .map_err(|e| LoadError::Preopen {
+            host: host.to_owned(),
+            guest: guest.to_owned(),
+            reason: format!("{e:#}"),
+        })
+}
+
+impl Prepared {
+    /// Runs the guest to completion and returns the process exit code. Error
+    /// reports go to the container's stderr, prefixed with `id`.
+    pub fn run(self, id: &str) -> i32 {
+        let code = match self.loaded {
+            Loaded::Module { pre, ctx } => {
+                let mut store = Store::new(&self.engine, ctx);
+                let result = pre.instantiate(&mut store).and_then(|instance| {
+                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    start.call(&mut store, ())
+                });
+                match result {
+                    Ok(()) => 0,
+                    Err(e) => error_exit_code(id, &e),
+                }
+            }
+            Loaded::Component { pre, ctx } => {
+                let host = ComponentHost {
+                    ctx,
+                    table: ResourceTable::new(),
+                };
+                let mut store = Store::new(&self.engine, host);
+                let result = pre
+                    .instantiate(&mut store)
+                    .and_then(|command| command.wasi_cli_run().call_run(&mut store));
+                match result {
+                    Ok(Ok(())) => 0,
+                    Ok(Err(())) => 1,
+                    Err(e) => error_exit_code(id, &e),
+                }
+            }
+        };
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        code
+    }
+}
+
+/// Maps a guest's failure to an exit code, reporting traps and errors on
+/// stderr. `I32Exit` is an orderly exit, not an error.
+fn error_exit_code(id: &str, e: &wasmtime::Error) -> i32 {
+    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+        return exit.0;
+    }
+    let mut stderr = std::io::stderr().lock();
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        let _ = writeln!(stderr, "wasmpod: container {id}: {trap}");
+        if let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
+            let _ = writeln!(stderr, "{bt}");
+        }
+        return TRAP_EXIT_CODE;
+    }
+    let _ = writeln!(stderr, "wasmpod: container {id}: error: {e:?}");
+    1
+}

@@ -1,0 +1,234 @@
+//! Starting a runner process for a container and driving its control channel,
+//! and routing process exits (reaped by the shim library's SIGCHLD handler) to
+//! whoever waits for them.
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio as ProcessStdio};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+
+use crate::control::{self, Reply, RunRequest};
+use crate::error::{Error, Result};
+use crate::runner::RUNNER_ARG;
+use crate::sys;
+
+/// How long a runner may take to load and link its Wasm before `Create`
+/// gives up (compiling a very large module takes a while on a small node).
+pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A process exit as the shim reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code, or 128 + signal number when killed by a signal.
+    pub code: u32,
+    /// When the shim learned of it.
+    pub at: SystemTime,
+}
+
+/// Routes exit codes from the reaper to the task waiting for that pid. An exit
+/// may arrive before anyone watches the pid (a runner that dies at once), so
+/// unclaimed exits are kept, a bounded number of them.
+#[derive(Default)]
+pub struct ExitRouter {
+    inner: Mutex<Routes>,
+}
+
+#[derive(Default)]
+struct Routes {
+    waiting: HashMap<i32, oneshot::Sender<Exit>>,
+    early: HashMap<i32, Exit>,
+}
+
+const MAX_EARLY_EXITS: usize = 4096;
+
+impl ExitRouter {
+    /// Returns a receiver for the exit of `pid`.
+    pub fn watch(&self, pid: i32) -> oneshot::Receiver<Exit> {
+        let (tx, rx) = oneshot::channel();
+        let mut routes = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match routes.early.remove(&pid) {
+            Some(exit) => {
+                let _ = tx.send(exit);
+            }
+            None => {
+                routes.waiting.insert(pid, tx);
+            }
+        }
+        rx
+    }
+
+    /// Stops watching `pid` and forgets any exit recorded for it.
+    pub fn forget(&self, pid: i32) {
+        let mut routes = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        routes.waiting.remove(&pid);
+        routes.early.remove(&pid);
+    }
+
+    /// Delivers the exit of `pid` (called for every child the shim reaps).
+    pub fn deliver(&self, pid: i32, code: i32) {
+        let exit = Exit {
+            code: u32::try_from(code).unwrap_or(255),
+            at: SystemTime::now(),
+        };
+        let mut routes = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match routes.waiting.remove(&pid) {
+            Some(tx) => {
+                let _ = tx.send(exit);
+            }
+            None => {
+                if routes.early.len() >= MAX_EARLY_EXITS {
+                    routes.early.clear();
+                }
+                routes.early.insert(pid, exit);
+            }
+        }
+    }
+}
+
+/// A runner process that has loaded its workload and waits for `start`.
+#[derive(Debug)]
+pub struct Runner {
+    /// The container's pid, as containerd reports it.
+    pub pid: i32,
+    /// `module` or `component`.
+    pub kind: String,
+    /// The guest path of the entry point.
+    pub entrypoint: String,
+    control: UnixStream,
+}
+
+impl Runner {
+    /// Starts the runner for `request` with the given stdio, waits until it
+    /// has loaded and linked the Wasm, and returns it ready to start. The
+    /// returned receiver yields the runner's exit.
+    pub async fn spawn(
+        request: &RunRequest,
+        bundle: &Path,
+        stdio: [ProcessStdio; 3],
+        exits: &ExitRouter,
+    ) -> Result<(Runner, oneshot::Receiver<Exit>)> {
+        let id = request.id.as_str();
+        let runner_err = |what, source| Error::Runner {
+            id: id.to_owned(),
+            what,
+            source,
+        };
+        let exe = std::env::current_exe().map_err(|e| runner_err("locate shim binary", e))?;
+        let (ours, theirs) = StdUnixStream::pair().map_err(|e| runner_err("socketpair", e))?;
+        let [stdin, stdout, stderr] = stdio;
+        let mut cmd = Command::new(exe);
+        cmd.arg(RUNNER_ARG)
+            .arg(id)
+            .env_clear()
+            .current_dir(bundle)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr);
+        sys::pass_control_socket(&mut cmd, &theirs);
+        let child = cmd.spawn().map_err(|e| runner_err("spawn", e))?;
+        drop(cmd);
+        drop(theirs);
+        let pid = i32::try_from(child.id())
+            .map_err(|_| runner_err("pid", std::io::Error::other("pid out of range")))?;
+        // The shim library's SIGCHLD handler reaps the runner; never wait on
+        // `child` here.
+        drop(child);
+        let exit = exits.watch(pid);
+
+        let result = async {
+            ours.set_nonblocking(true)
+                .map_err(|e| runner_err("control socket", e))?;
+            let mut control =
+                UnixStream::from_std(ours).map_err(|e| runner_err("control socket", e))?;
+            let mut line = serde_json::to_vec(request)
+                .map_err(|e| runner_err("encode request", std::io::Error::other(e)))?;
+            line.push(b'\n');
+            control
+                .write_all(&line)
+                .await
+                .map_err(|e| runner_err("send request", e))?;
+            let mut reply = String::new();
+            let read = tokio::time::timeout(PREPARE_TIMEOUT, async {
+                BufReader::new(&mut control).read_line(&mut reply).await
+            })
+            .await
+            .map_err(|_| {
+                runner_err(
+                    "load workload",
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+                )
+            })?
+            .map_err(|e| runner_err("read reply", e))?;
+            if read == 0 {
+                return Err(runner_err(
+                    "load workload",
+                    std::io::Error::other("runner exited before replying"),
+                ));
+            }
+            match serde_json::from_str::<Reply>(&reply) {
+                Ok(Reply::Ready { kind, entrypoint }) => Ok(Runner {
+                    pid,
+                    kind,
+                    entrypoint,
+                    control,
+                }),
+                Ok(Reply::Failed { message }) => Err(Error::Workload {
+                    id: id.to_owned(),
+                    message,
+                }),
+                Err(e) => Err(runner_err("read reply", std::io::Error::other(e))),
+            }
+        }
+        .await;
+        match result {
+            Ok(runner) => Ok((runner, exit)),
+            Err(e) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                exits.forget(pid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Tells the runner to run the guest.
+    pub async fn start(mut self, id: &str) -> Result<()> {
+        let line = format!("{}\n", control::START);
+        self.control
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|source| Error::Runner {
+                id: id.to_owned(),
+                what: "start",
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn exits_before_and_after_watch() {
+        let r = ExitRouter::default();
+        r.deliver(10, 3);
+        assert_eq!(r.watch(10).await.unwrap().code, 3);
+        let rx = r.watch(11);
+        r.deliver(11, 137);
+        assert_eq!(rx.await.unwrap().code, 137);
+        r.deliver(12, 1);
+        r.forget(12);
+        let rx = r.watch(12);
+        r.deliver(12, 2);
+        assert_eq!(rx.await.unwrap().code, 2);
+    }
+}

@@ -1,0 +1,73 @@
+//! The runner: the process that *is* a Wasm container.
+//!
+//! The shim starts its own binary in runner mode for every Wasm container
+//! (see `process`), so each container is a real Linux process with its own
+//! pid, signals and (later) cgroup, and a crash of one guest cannot touch the
+//! shim or its neighbours. The runner is single-threaded until the guest
+//! starts, which is what a later fork-based zygote needs too.
+
+use std::io::BufReader;
+
+use crate::control::{self, Reply, RunRequest};
+use crate::{engine, sys};
+
+/// First argument that selects runner mode in `main`.
+pub const RUNNER_ARG: &str = "__wasmpod_runner";
+
+/// Entry point of runner mode; returns the process exit code.
+pub fn main() -> i32 {
+    let control = match sys::take_control_socket() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wasmpod runner: {e}");
+            return 2;
+        }
+    };
+    let mut reader = match control.try_clone() {
+        Ok(s) => BufReader::new(s),
+        Err(e) => {
+            eprintln!("wasmpod runner: control socket: {e}");
+            return 2;
+        }
+    };
+    let mut writer = control;
+    let req: RunRequest = match control::recv(&mut reader) {
+        Ok(Some(r)) => r,
+        Ok(None) => return 2,
+        Err(e) => {
+            eprintln!("wasmpod runner: bad request: {e}");
+            return 2;
+        }
+    };
+    let id = req.id;
+    let prepared = match engine::prepare(&req.plan) {
+        Ok(p) => p,
+        Err(e) => {
+            let message = e.to_string();
+            // The container's stderr is the CRI log: say it there as well.
+            eprintln!("wasmpod: container {id}: {message}");
+            let _ = control::send(&mut writer, &Reply::Failed { message });
+            return 1;
+        }
+    };
+    let kind = match prepared.kind {
+        wasmpod_oci::wasm::WasmKind::Module => "module",
+        wasmpod_oci::wasm::WasmKind::Component => "component",
+    };
+    let ready = Reply::Ready {
+        kind: kind.into(),
+        entrypoint: prepared.entrypoint.clone(),
+    };
+    if control::send(&mut writer, &ready).is_err() {
+        return 2;
+    }
+    let mut line = String::new();
+    match std::io::BufRead::read_line(&mut reader, &mut line) {
+        Ok(n) if n > 0 && line.trim_end() == control::START => {}
+        // The shim went away, or the task was deleted before it started.
+        _ => return 0,
+    }
+    drop(reader);
+    drop(writer);
+    prepared.run(&id)
+}

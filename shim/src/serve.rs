@@ -1,0 +1,140 @@
+//! The shim server: what runs after `start` spawned it, until containerd
+//! shuts it down. It listens on the socket `start` chose, serves the task API,
+//! reaps children and routes their exits to the task service.
+
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::protos::shim_async::{create_task, Task};
+use containerd_shim::protos::ttrpc::r#async::transport::Listener;
+use containerd_shim::protos::ttrpc::r#async::Server;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::Flags;
+use log::{debug, info, warn};
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::process::ExitRouter;
+use crate::service::Service;
+use crate::sys;
+
+/// The ttrpc service names of the task API. The v2 and v3 APIs are the same
+/// messages under two names: containerd 1.6/1.7 call v2, 2.x may call v3.
+const TASK_V3: &str = "containerd.task.v3.Task";
+const TASK_V2: &str = "containerd.task.v2.Task";
+
+/// Serves the task API on `flags.socket` until shut down.
+pub async fn serve(flags: &Flags) -> anyhow::Result<()> {
+    if flags.socket.is_empty() {
+        bail!("no -socket given: the shim server is started by containerd through `start`");
+    }
+    // Orphaned grandchildren of runners come back to the shim to be reaped.
+    nix::sys::prctl::set_child_subreaper(true).context("set child subreaper")?;
+    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+        .context("open the shim log")?;
+
+    let path = flags
+        .socket
+        .strip_prefix("unix://")
+        .unwrap_or(&flags.socket);
+    let Some(listener) = bind(path).await? else {
+        // Another server of the same group won the race and serves there.
+        sys::signal_server_started();
+        return Ok(());
+    };
+
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
+    let publisher = RemotePublisher::new(&ttrpc_address)
+        .await
+        .with_context(|| format!("connect to containerd at {ttrpc_address}"))?;
+    let shutdown = Arc::new(ExitSignal::default());
+    let service = Service::new(flags.namespace.clone(), publisher, shutdown.clone());
+    let reaper = tokio::spawn(reap(service.clone()));
+
+    let task: Arc<dyn Task + Send + Sync> = Arc::new(service);
+    let mut services = create_task(task.clone());
+    let v2 = create_task(task)
+        .remove(TASK_V3)
+        .context("generated task service has an unexpected name")?;
+    services.insert(TASK_V2.to_owned(), v2);
+    let listener = Listener::try_from(listener).context("ttrpc listener")?;
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(services);
+    server.start().await.context("start ttrpc server")?;
+    sys::signal_server_started();
+    info!("serving {} on {path}", flags.id);
+
+    shutdown.wait().await;
+    info!("shutting down");
+    reaper.abort();
+    if let Err(e) = server.shutdown().await {
+        warn!("ttrpc shutdown: {e}");
+    }
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+/// Binds the shim socket. `None` when a live server already owns it.
+async fn bind(path: &str) -> anyhow::Result<Option<UnixListener>> {
+    if let Some(parent) = Path::new(path).parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    match UnixListener::bind(path) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Ok(None);
+            }
+            // A stale socket from a shim that died: take it over.
+            std::fs::remove_file(path).with_context(|| format!("remove stale socket {path}"))?;
+            Ok(Some(
+                UnixListener::bind(path).with_context(|| format!("bind {path}"))?,
+            ))
+        }
+        Err(e) => Err(e).with_context(|| format!("bind {path}")),
+    }
+}
+
+/// Reaps every child on SIGCHLD and hands exit codes to the service.
+async fn reap(service: Service) {
+    let mut sigchld = match signal(SignalKind::child()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot watch SIGCHLD: {e}");
+            return;
+        }
+    };
+    // SIGTERM/SIGINT to the shim itself are ignored: containerd ends a shim
+    // through Shutdown, and killing it here would orphan running containers.
+    let mut sigterm = signal(SignalKind::terminate()).ok();
+    let mut sigint = signal(SignalKind::interrupt()).ok();
+    loop {
+        tokio::select! {
+            _ = sigchld.recv() => reap_all(service.exits()),
+            Some(_) = async { sigterm.as_mut()?.recv().await } => debug!("ignoring SIGTERM"),
+            Some(_) = async { sigint.as_mut()?.recv().await } => debug!("ignoring SIGINT"),
+        }
+    }
+}
+
+fn reap_all(exits: &ExitRouter) {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => exits.deliver(pid.as_raw(), code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => exits.deliver(pid.as_raw(), 128 + sig as i32),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+            Ok(_) => {}
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                warn!("waitpid: {e}");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,626 @@
+//! The shim v2 task service: containerd's view of Wasm containers.
+//!
+//! Each container is one runner process. Its life:
+//!
+//! ```text
+//! Create ──▶ Created ──Start──▶ Running ──exit──▶ Stopped ──Delete──▶ (gone)
+//!               │                                   ▲
+//!               └──────────────Delete (kills)───────┘
+//! ```
+//! Events go out in the order TaskCreate → TaskStart → TaskExit → TaskDelete;
+//! a task deleted before it started gets TaskCreate → TaskDelete. Each event
+//! is published while the container's lock is held, so a fast exit cannot
+//! overtake its TaskStart.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use containerd_shim::api::{self, DeleteResponse};
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::protos::events::task as events;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim::protos::shim_async::Task;
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::context::Context;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{TtrpcContext, TtrpcResult};
+use log::{debug, info, warn};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::sync::{oneshot, watch, Mutex};
+
+use crate::control::RunRequest;
+use crate::error::{Error, Result};
+use crate::process::{Exit, ExitRouter, Runner};
+use crate::rootfs;
+use crate::stdio::{Keepalive, Stdio, StdioPaths};
+
+/// Annotation CRI puts on every container of a pod: containers sharing it
+/// are served by one shim process.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// File in the bundle that records the runner's pid, for `delete` after a
+/// shim crash.
+pub const PID_FILE: &str = "init.pid";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Created,
+    Running,
+    Stopped,
+}
+
+struct Container {
+    id: String,
+    bundle: PathBuf,
+    pid: i32,
+    status: Status,
+    stdio: StdioPaths,
+    exit: watch::Sender<Option<Exit>>,
+    runner: Option<Runner>,
+    keepalive: Keepalive,
+    rootfs: Option<PathBuf>,
+}
+
+impl Container {
+    fn exited(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+
+    fn precondition(&self, what: impl Into<String>) -> Error {
+        Error::FailedPrecondition {
+            id: self.id.clone(),
+            what: what.into(),
+        }
+    }
+}
+
+struct Inner {
+    namespace: String,
+    publisher: RemotePublisher,
+    shutdown: Arc<ExitSignal>,
+    containers: StdMutex<HashMap<String, Arc<Mutex<Container>>>>,
+    exits: ExitRouter,
+}
+
+/// The task service containerd talks to over ttrpc.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+/// A protobuf timestamp for `t`.
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+        ..Default::default()
+    }
+}
+
+impl Service {
+    /// A service publishing events for `namespace`; `shutdown` is signalled
+    /// when containerd shuts the shim down.
+    pub fn new(namespace: String, publisher: RemotePublisher, shutdown: Arc<ExitSignal>) -> Self {
+        Service {
+            inner: Arc::new(Inner {
+                namespace,
+                publisher,
+                shutdown,
+                containers: StdMutex::new(HashMap::new()),
+                exits: ExitRouter::default(),
+            }),
+        }
+    }
+
+    /// Where the reaper delivers process exits.
+    pub fn exits(&self) -> &ExitRouter {
+        &self.inner.exits
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Mutex<Container>>> {
+        self.inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })
+    }
+
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Err(e) = self
+            .inner
+            .publisher
+            .publish(Context::default(), topic, &self.inner.namespace, event)
+            .await
+        {
+            warn!("publish {topic}: {e}");
+        }
+    }
+
+    /// Records the exit of a container's runner and tells containerd.
+    async fn on_exit(&self, container: Arc<Mutex<Container>>, exit: Exit) {
+        let mut c = container.lock().await;
+        let was = c.status;
+        c.status = Status::Stopped;
+        c.runner = None;
+        // The process is gone: let readers of its output see end-of-file.
+        c.keepalive = Keepalive::default();
+        c.exit.send_replace(Some(exit));
+        info!(
+            "container {}: pid {} exited with {}",
+            c.id, c.pid, exit.code
+        );
+        if was == Status::Running {
+            let ev = events::TaskExit {
+                container_id: c.id.clone(),
+                id: c.id.clone(),
+                pid: c.pid as u32,
+                exit_status: exit.code,
+                exited_at: MessageField::some(timestamp(exit.at)),
+                ..Default::default()
+            };
+            self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev))
+                .await;
+        }
+    }
+
+    async fn do_create(&self, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
+        let id = req.id.clone();
+        let bundle = PathBuf::from(&req.bundle);
+        if req.terminal {
+            return Err(Error::InvalidArgument {
+                id,
+                what: "a terminal was requested, but a Wasm container has no terminal (run without -t / tty: false)".into(),
+            });
+        }
+        let placeholder = {
+            let mut map = self
+                .inner
+                .containers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if map.contains_key(&id) {
+                return Err(Error::AlreadyExists { id });
+            }
+            // Reserve the id while creating; removed again on failure.
+            let (exit, _) = watch::channel(None);
+            let c = Arc::new(Mutex::new(Container {
+                id: id.clone(),
+                bundle: bundle.clone(),
+                pid: 0,
+                status: Status::Created,
+                stdio: StdioPaths::default(),
+                exit,
+                runner: None,
+                keepalive: Keepalive::default(),
+                rootfs: None,
+            }));
+            map.insert(id.clone(), c.clone());
+            c
+        };
+        // Hold the lock for the whole creation so nothing sees half a container.
+        let mut guard = placeholder.lock().await;
+        match self.create_runner(&req, &bundle).await {
+            Ok((runner, keepalive, rootfs, exit_rx)) => {
+                let pid = runner.pid;
+                guard.pid = pid;
+                guard.runner = Some(runner);
+                guard.keepalive = keepalive;
+                guard.rootfs = rootfs;
+                guard.stdio = StdioPaths {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: false,
+                };
+                let ev = events::TaskCreate {
+                    container_id: id.clone(),
+                    bundle: req.bundle.clone(),
+                    rootfs: req.rootfs.clone(),
+                    io: MessageField::some(events::TaskIO {
+                        stdin: req.stdin.clone(),
+                        stdout: req.stdout.clone(),
+                        stderr: req.stderr.clone(),
+                        terminal: req.terminal,
+                        ..Default::default()
+                    }),
+                    checkpoint: req.checkpoint.clone(),
+                    pid: pid as u32,
+                    ..Default::default()
+                };
+                self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev))
+                    .await;
+                drop(guard);
+                let service = self.clone();
+                let container = placeholder.clone();
+                tokio::spawn(async move {
+                    if let Ok(exit) = exit_rx.await {
+                        service.on_exit(container, exit).await;
+                    }
+                });
+                Ok(api::CreateTaskResponse {
+                    pid: pid as u32,
+                    ..Default::default()
+                })
+            }
+            Err(e) => {
+                drop(guard);
+                self.inner
+                    .containers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Mounts the rootfs, opens stdio and starts the runner; on failure undoes
+    /// whatever it did.
+    async fn create_runner(
+        &self,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+    ) -> Result<(Runner, Keepalive, Option<PathBuf>, oneshot::Receiver<Exit>)> {
+        let id = req.id.as_str();
+        let spec_path = bundle.join("config.json");
+        let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|source| Error::Spec {
+            id: id.to_owned(),
+            path: spec_path,
+            source,
+        })?;
+        let plan =
+            wasmpod_oci::plan::RunPlan::from_spec(&spec, bundle).map_err(|source| Error::Plan {
+                id: id.to_owned(),
+                source,
+            })?;
+        let mounted = rootfs::mount(id, bundle, &req.rootfs).await?;
+        let result = async {
+            let paths = StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            };
+            let (child_stdio, keepalive) = Stdio::open(id, &paths)?.into_parts();
+            let request = RunRequest {
+                id: id.to_owned(),
+                plan,
+            };
+            let (runner, exit) =
+                Runner::spawn(&request, bundle, child_stdio, &self.inner.exits).await?;
+            debug!(
+                "container {id}: runner pid {} loaded {} {}",
+                runner.pid, runner.kind, runner.entrypoint
+            );
+            if let Err(e) = tokio::fs::write(bundle.join(PID_FILE), runner.pid.to_string()).await {
+                warn!("container {id}: write {PID_FILE}: {e}");
+            }
+            Ok((runner, keepalive, exit))
+        }
+        .await;
+        match result {
+            Ok((runner, keepalive, exit)) => Ok((runner, keepalive, mounted, exit)),
+            Err(e) => {
+                if let Some(target) = &mounted {
+                    if let Err(ue) = rootfs::unmount(id, target).await {
+                        warn!("{ue}");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
+        if !req.exec_id.is_empty() {
+            return Err(Error::NotFound {
+                id: format!("{}/{}", req.id, req.exec_id),
+            });
+        }
+        let container = self.container(&req.id)?;
+        let mut c = container.lock().await;
+        match c.status {
+            Status::Created => {}
+            Status::Running => return Err(c.precondition("already started")),
+            Status::Stopped => return Err(c.precondition("cannot start: process has exited")),
+        }
+        let runner = c
+            .runner
+            .take()
+            .ok_or_else(|| c.precondition("cannot start: runner is gone"))?;
+        runner.start(&c.id).await?;
+        c.status = Status::Running;
+        let ev = events::TaskStart {
+            container_id: c.id.clone(),
+            pid: c.pid as u32,
+            ..Default::default()
+        };
+        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev))
+            .await;
+        Ok(api::StartResponse {
+            pid: c.pid as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn do_kill(&self, req: api::KillRequest) -> Result<()> {
+        if !req.exec_id.is_empty() {
+            return Err(Error::NotFound {
+                id: format!("{}/{}", req.id, req.exec_id),
+            });
+        }
+        let container = self.container(&req.id)?;
+        let c = container.lock().await;
+        if c.status == Status::Stopped {
+            return Err(Error::ProcessFinished { id: c.id.clone() });
+        }
+        let signal = Signal::try_from(req.signal as i32).map_err(|_| Error::InvalidArgument {
+            id: c.id.clone(),
+            what: format!("invalid signal {}", req.signal),
+        })?;
+        // A Wasm container is one process, so `all` signals the same one.
+        nix::sys::signal::kill(Pid::from_raw(c.pid), signal).map_err(|source| Error::Signal {
+            id: c.id.clone(),
+            pid: c.pid,
+            signal: req.signal,
+            source,
+        })
+    }
+
+    async fn do_delete(&self, req: api::DeleteRequest) -> Result<DeleteResponse> {
+        if !req.exec_id.is_empty() {
+            return Err(Error::NotFound {
+                id: format!("{}/{}", req.id, req.exec_id),
+            });
+        }
+        let container = self.container(&req.id)?;
+        let mut c = container.lock().await;
+        match c.status {
+            Status::Running => {
+                return Err(c.precondition("cannot delete a running task: kill it first"))
+            }
+            Status::Created => {
+                // Never started: the runner waits for `start`; end it.
+                let _ = nix::sys::signal::kill(Pid::from_raw(c.pid), Signal::SIGKILL);
+                c.runner = None;
+            }
+            Status::Stopped => {}
+        }
+        let mut exit_rx = c.exit.subscribe();
+        let exit = match c.exited() {
+            Some(e) => e,
+            None => {
+                // on_exit needs the lock: release it while waiting.
+                drop(c);
+                let exited = matches!(
+                    tokio::time::timeout(
+                        Duration::from_secs(10),
+                        exit_rx.wait_for(|e| e.is_some()),
+                    )
+                    .await,
+                    Ok(Ok(_))
+                );
+                c = container.lock().await;
+                match exited {
+                    true => c.exited().unwrap_or(Exit {
+                        code: 137,
+                        at: SystemTime::now(),
+                    }),
+                    false => {
+                        return Err(c.precondition("runner did not exit after SIGKILL"));
+                    }
+                }
+            }
+        };
+        if let Some(target) = c.rootfs.take() {
+            rootfs::unmount(&c.id, &target).await?;
+        }
+        let _ = tokio::fs::remove_file(c.bundle.join(PID_FILE)).await;
+        c.keepalive = Keepalive::default();
+        self.inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&c.id);
+        self.inner.exits.forget(c.pid);
+        let ev = events::TaskDelete {
+            container_id: c.id.clone(),
+            id: c.id.clone(),
+            pid: c.pid as u32,
+            exit_status: exit.code,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev))
+            .await;
+        Ok(DeleteResponse {
+            pid: c.pid as u32,
+            exit_status: exit.code,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        })
+    }
+
+    async fn do_state(&self, req: api::StateRequest) -> Result<api::StateResponse> {
+        if !req.exec_id.is_empty() {
+            return Err(Error::NotFound {
+                id: format!("{}/{}", req.id, req.exec_id),
+            });
+        }
+        let container = self.container(&req.id)?;
+        let c = container.lock().await;
+        let status = match c.status {
+            Status::Created => api::Status::CREATED,
+            Status::Running => api::Status::RUNNING,
+            Status::Stopped => api::Status::STOPPED,
+        };
+        let mut resp = api::StateResponse {
+            id: c.id.clone(),
+            bundle: c.bundle.to_string_lossy().into_owned(),
+            pid: c.pid as u32,
+            status: status.into(),
+            stdin: c.stdio.stdin.clone(),
+            stdout: c.stdio.stdout.clone(),
+            stderr: c.stdio.stderr.clone(),
+            terminal: false,
+            ..Default::default()
+        };
+        if let Some(exit) = c.exited() {
+            resp.exit_status = exit.code;
+            resp.exited_at = MessageField::some(timestamp(exit.at));
+        }
+        Ok(resp)
+    }
+
+    async fn do_wait(&self, req: api::WaitRequest) -> Result<api::WaitResponse> {
+        if !req.exec_id.is_empty() {
+            return Err(Error::NotFound {
+                id: format!("{}/{}", req.id, req.exec_id),
+            });
+        }
+        let mut rx = {
+            let container = self.container(&req.id)?;
+            let c = container.lock().await;
+            c.exit.subscribe()
+        };
+        let exit = rx
+            .wait_for(|e| e.is_some())
+            .await
+            .map_err(|_| Error::NotFound { id: req.id.clone() })?
+            .unwrap_or(Exit {
+                code: 255,
+                at: SystemTime::now(),
+            });
+        Ok(api::WaitResponse {
+            exit_status: exit.code,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        })
+    }
+}
+
+#[async_trait]
+impl Task for Service {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        info!("create container {} bundle {}", req.id, req.bundle);
+        Ok(self.do_create(req).await.inspect_err(|e| warn!("{e}"))?)
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        info!("start container {}", req.id);
+        Ok(self.do_start(req).await?)
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        Ok(self.do_state(req).await?)
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        Ok(self.do_wait(req).await?)
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        info!("kill container {} signal {}", req.id, req.signal);
+        self.do_kill(req).await?;
+        Ok(api::Empty::default())
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<DeleteResponse> {
+        info!("delete container {}", req.id);
+        Ok(self.do_delete(req).await?)
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        let container = self.container(&req.id)?;
+        let c = container.lock().await;
+        let mut resp = api::PidsResponse::default();
+        if c.status != Status::Stopped {
+            resp.processes
+                .push(containerd_shim::protos::types::task::ProcessInfo {
+                    pid: c.pid as u32,
+                    ..Default::default()
+                });
+        }
+        Ok(resp)
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
+        let container = self.container(&req.id)?;
+        let mut c = container.lock().await;
+        if req.stdin {
+            c.keepalive.close_stdin();
+        }
+        Ok(api::Empty::default())
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = match self.container(&req.id) {
+            Ok(c) => c.lock().await.pid as u32,
+            Err(_) => 0,
+        };
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let empty = self
+            .inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if empty {
+            info!("no containers left: shutting down");
+            self.inner.shutdown.signal();
+        }
+        Ok(api::Empty::default())
+    }
+}

@@ -1,0 +1,88 @@
+//! Every raw syscall and `unsafe` block of the shim lives here, each with the
+//! reason it is sound. The rest of the crate is `#![deny(unsafe_code)]`.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+
+/// The file descriptor number a runner process finds its control socket at.
+pub const CONTROL_FD: RawFd = 3;
+
+/// Arranges for `socket` to appear as [`CONTROL_FD`] in the process `cmd`
+/// spawns (and nowhere else: the original descriptor stays close-on-exec).
+pub fn pass_control_socket(cmd: &mut Command, socket: &UnixStream) {
+    let fd = socket.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed; dup2(2) is one and touches no
+    // memory of the parent. dup2 onto a different number clears FD_CLOEXEC on
+    // the copy; when the socket already has that number we clear the flag
+    // with fcntl(2), also async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == CONTROL_FD {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, CONTROL_FD) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Takes ownership of the control socket in a runner process.
+///
+/// Must be called at most once, by the runner's entry point only.
+pub fn take_control_socket() -> std::io::Result<UnixStream> {
+    // Make sure the descriptor is open and a socket before claiming it.
+    let stat = nix::sys::stat::fstat(
+        // SAFETY: borrowing a raw fd number for one fstat call; fstat fails
+        // cleanly with EBADF when the number is not open.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(CONTROL_FD) },
+    )?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(std::io::Error::other(
+            "fd 3 is not the wasmpod control socket (runner mode is internal to the shim)",
+        ));
+    }
+    // SAFETY: fd 3 was set up by `pass_control_socket` in the parent, is open
+    // (checked above) and nothing else in this process owns it: the runner
+    // entry point calls this once, before anything else could open fd 3.
+    let fd = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    Ok(UnixStream::from(fd))
+}
+
+/// Opens `path` (a guest path such as `/bin/app.wasm`) for reading inside the
+/// directory `root`, resolving `..` and symlinks — absolute ones included —
+/// as if `root` were `/`. Nothing outside `root` can be reached, and magic
+/// links (`/proc/self/root`, ...) are refused.
+pub fn open_in_root(root: &File, path: &str) -> nix::Result<File> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+        .mode(Mode::empty())
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(root, Path::new(path), how)?;
+    Ok(File::from(fd))
+}
+
+/// Tells the `start` action that the server is up: `start` reads the
+/// server's stdout until end-of-file, so pointing stdout at stderr (the
+/// server's only other output, /dev/null) closes the pipe.
+pub fn signal_server_started() {
+    // SAFETY: dup2 on two standard descriptors this process owns for its
+    // whole life; it does not touch memory. Failure leaves `start` waiting
+    // until the server exits, which it reports on its own.
+    let _ = unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
+}
