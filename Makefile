@@ -4,7 +4,7 @@ CARGO ?= cargo
 CARGO_FLAGS ?= --release
 GUEST_TARGETS := --target wasm32-wasip1 --target wasm32-wasip2
 
-.PHONY: all setup build guests test e2e demo lint ci clean
+.PHONY: all setup build guests test e2e demo bench lint ci clean
 
 all: build
 
@@ -31,6 +31,10 @@ e2e: build guests
 ## demo: start a private containerd, run the hello-world Wasm container, print its output
 demo: build guests
 	$(CARGO) run $(CARGO_FLAGS) -q -p wasmpod-e2e --bin wasmpod-demo
+
+## bench: start-up side by side with runc on a private containerd (Markdown table + target/bench/results.json)
+bench: build guests
+	$(CARGO) run $(CARGO_FLAGS) -q -p wasmpod-e2e --bin wasmpod-bench
 
 ## lint: formatting and clippy with warnings as errors
 lint:

@@ -1,0 +1,75 @@
+//! Helpers shared by the e2e test modules: the runtime name, the guest
+//! targets, and importing images built from guest programs.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use wasmpod_e2e::guests::guest;
+use wasmpod_e2e::Containerd;
+use wasmpod_oci::layout::{write_image_tar, Entry, ImageSpec};
+
+/// The runtime name that selects the wasmpod shim.
+pub const RUNTIME: &str = "io.containerd.wasmpod.v1";
+/// Guests built as WASI 0.1 core modules.
+pub const P1: &str = "wasm32-wasip1";
+/// Guests built as WASI 0.2 components.
+pub const P2: &str = "wasm32-wasip2";
+
+/// Builds and imports an image holding `files`, with `entrypoint`.
+pub fn import(
+    cd: &Containerd,
+    reference: &str,
+    files: Vec<(&str, Vec<u8>)>,
+    entrypoint: &[&str],
+) -> Result<()> {
+    let mut entries: Vec<Entry> = files
+        .into_iter()
+        .map(|(path, data)| Entry::File {
+            path: path.to_owned(),
+            data,
+            mode: 0o755,
+        })
+        .collect();
+    entries.push(Entry::Dir {
+        path: "data".into(),
+        mode: 0o755,
+    });
+    let spec = ImageSpec {
+        reference: reference.to_owned(),
+        entries,
+        entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+        cmd: vec![],
+        env: vec!["PATH=/usr/bin:/bin".into()],
+        working_dir: None,
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        annotations: BTreeMap::new(),
+    };
+    let tar = cd
+        .tempdir()
+        .join(format!("{}.tar", reference.replace(['/', ':'], "_")));
+    let out = std::fs::File::create(&tar).with_context(|| format!("create {}", tar.display()))?;
+    write_image_tar(&spec, out).context("write image")?;
+    cd.ctr(&["images", "import", &tar.to_string_lossy()])?;
+    Ok(())
+}
+
+/// Imports the probe guest built for `target` (with `/data/greeting.txt`)
+/// and returns the image reference.
+pub fn probe_image(cd: &Containerd, target: &str) -> Result<String> {
+    let reference = format!(
+        "docker.io/wasmpod/probe:{}",
+        if target == P1 { "p1" } else { "p2" }
+    );
+    let wasm = std::fs::read(guest(target, "probe")?)?;
+    import(
+        cd,
+        &reference,
+        vec![
+            ("probe.wasm", wasm),
+            ("data/greeting.txt", b"hello from the image\n".to_vec()),
+        ],
+        &["/probe.wasm"],
+    )?;
+    Ok(reference)
+}
