@@ -12,6 +12,7 @@
 //! and must stay safe to fuzz.
 #![forbid(unsafe_code)]
 
+pub mod cgroup;
 pub mod layout;
 pub mod plan;
 pub mod wasm;

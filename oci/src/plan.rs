@@ -47,6 +47,9 @@ pub enum PlanError {
     /// `process.args[0]` is empty.
     #[error("process.args[0] is empty")]
     EmptyEntrypoint,
+    /// `linux.cgroupsPath` is malformed.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupPathError),
 }
 
 /// The root filesystem as the guest sees it: preopened as `/`.
@@ -85,6 +88,11 @@ pub struct RunPlan {
     /// `devpts`, `mqueue`, `cgroup`) mean nothing to a WASI guest and are left
     /// out.
     pub binds: Vec<BindMount>,
+    /// The container's cgroup, relative to the hierarchy root
+    /// (see [`crate::cgroup::resolve`]); `None` when the spec names none.
+    pub cgroup: Option<String>,
+    /// `linux.resources.memory.limit` in bytes, when set (and not 0).
+    pub memory_limit: Option<u64>,
 }
 
 impl RunPlan {
@@ -128,12 +136,26 @@ impl RunPlan {
             .filter_map(|m| bind_mount(m).transpose())
             .collect::<Result<Vec<_>, _>>()?;
 
+        let linux = spec.linux().as_ref();
+        let cgroup = match linux.and_then(|l| l.cgroups_path().as_ref()) {
+            Some(p) => crate::cgroup::resolve(&p.to_string_lossy())?,
+            None => None,
+        };
+        let memory_limit = linux
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .and_then(|l| u64::try_from(l).ok())
+            .filter(|l| *l > 0);
+
         Ok(RunPlan {
             args,
             env,
             cwd,
             root,
             binds,
+            cgroup,
+            memory_limit,
         })
     }
 
@@ -260,6 +282,8 @@ mod tests {
     #[test]
     fn plan_from_spec() {
         let plan = RunPlan::from_spec(&spec(base()), Path::new("/b")).unwrap();
+        assert_eq!(plan.cgroup, None);
+        assert_eq!(plan.memory_limit, None);
         assert_eq!(plan.args, ["/app.wasm", "x"]);
         assert_eq!(
             plan.env,
@@ -288,6 +312,20 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn cgroup_and_memory_limit() {
+        let mut v = base();
+        v["linux"] = json!({"cgroupsPath": "/ns/c1", "resources": {"memory": {"limit": 67108864}}});
+        let plan = RunPlan::from_spec(&spec(v.clone()), Path::new("/b")).unwrap();
+        assert_eq!(plan.cgroup.as_deref(), Some("ns/c1"));
+        assert_eq!(plan.memory_limit, Some(64 << 20));
+        v["linux"] = json!({"cgroupsPath": "/ns/../etc"});
+        assert!(matches!(
+            RunPlan::from_spec(&spec(v), Path::new("/b")),
+            Err(PlanError::Cgroup(_))
+        ));
     }
 
     #[test]

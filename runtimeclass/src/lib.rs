@@ -25,7 +25,10 @@ mod tests {
         // containerd turns io.containerd.NAME.vN into containerd-shim-NAME-vN.
         let parts: Vec<_> = RUNTIME_TYPE.split('.').collect();
         assert_eq!(parts.len(), 4);
-        assert_eq!(format!("containerd-shim-{}-{}", parts[2], parts[3]), SHIM_BINARY);
+        assert_eq!(
+            format!("containerd-shim-{}-{}", parts[2], parts[3]),
+            SHIM_BINARY
+        );
         assert_eq!(parts[2], HANDLER);
     }
 }

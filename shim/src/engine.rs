@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 use wasmpod_oci::plan::RunPlan;
 use wasmpod_oci::wasm::{classify, WasmKind};
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap, WasmBacktraceDetails};
+use wasmtime::{
+    Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    WasmBacktraceDetails,
+};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -70,10 +73,18 @@ pub enum LoadError {
     Engine(String),
 }
 
-/// State of a component instance: the WASI context and its resource table.
+/// State of a module instance: its WASI context and memory limits.
+pub struct ModuleHost {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+/// State of a component instance: the WASI context, its resource table and
+/// memory limits.
 pub struct ComponentHost {
     ctx: WasiCtx,
     table: ResourceTable,
+    limits: StoreLimits,
 }
 
 impl WasiView for ComponentHost {
@@ -87,7 +98,7 @@ impl WasiView for ComponentHost {
 
 enum Loaded {
     Module {
-        pre: InstancePre<WasiP1Ctx>,
+        pre: InstancePre<ModuleHost>,
         ctx: WasiP1Ctx,
     },
     Component {
@@ -105,6 +116,9 @@ pub struct Prepared {
     pub entrypoint: String,
     /// Whether it is a module or a component.
     pub kind: WasmKind,
+    /// Most bytes each linear memory of the guest may
+    /// grow to; `memory.grow` beyond it fails and returns -1 to the guest.
+    memory_budget: Option<usize>,
 }
 
 /// The engine configuration every runner uses.
@@ -160,8 +174,9 @@ pub fn prepare(plan: &RunPlan) -> Result<Prepared, LoadError> {
                     reason: "module exports no `_start` function (not a WASI command)".into(),
                 });
             }
-            let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-            wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |ctx| ctx).map_err(link_err)?;
+            let mut linker: Linker<ModuleHost> = Linker::new(&engine);
+            wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut ModuleHost| &mut h.wasi)
+                .map_err(link_err)?;
             let pre = linker.instantiate_pre(&module).map_err(link_err)?;
             Loaded::Module {
                 pre,
@@ -188,7 +203,36 @@ pub fn prepare(plan: &RunPlan) -> Result<Prepared, LoadError> {
         loaded,
         entrypoint,
         kind,
+        memory_budget: plan.memory_limit.map(memory_budget),
     })
+}
+
+/// Headroom left to the runner itself (engine, compiled code, WASI buffers)
+/// inside the container's memory limit.
+const RUNNER_HEADROOM: u64 = 16 << 20;
+
+/// The guest's share of a cgroup memory limit: the limit minus what the
+/// runner already uses and some headroom, so that `memory.grow` fails inside
+/// wasmtime before the kernel's OOM killer has to act. At least 1 MiB.
+fn memory_budget(limit: u64) -> usize {
+    let used = resident_bytes().unwrap_or(0);
+    let budget = limit.saturating_sub(used + RUNNER_HEADROOM).max(1 << 20);
+    usize::try_from(budget).unwrap_or(usize::MAX)
+}
+
+/// This process's resident set size, from /proc/self/statm.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn limits(budget: Option<usize>) -> StoreLimits {
+    let mut b = StoreLimitsBuilder::new();
+    if let Some(bytes) = budget {
+        b = b.memory_size(bytes);
+    }
+    b.build()
 }
 
 fn read_entrypoint(root: &File, plan: &RunPlan) -> Result<(String, Vec<u8>), LoadError> {
@@ -277,7 +321,12 @@ impl Prepared {
     pub fn run(self, id: &str) -> i32 {
         let code = match self.loaded {
             Loaded::Module { pre, ctx } => {
-                let mut store = Store::new(&self.engine, ctx);
+                let host = ModuleHost {
+                    wasi: ctx,
+                    limits: limits(self.memory_budget),
+                };
+                let mut store = Store::new(&self.engine, host);
+                store.limiter(|h| &mut h.limits);
                 let result = pre.instantiate(&mut store).and_then(|instance| {
                     let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                     start.call(&mut store, ())
@@ -291,8 +340,10 @@ impl Prepared {
                 let host = ComponentHost {
                     ctx,
                     table: ResourceTable::new(),
+                    limits: limits(self.memory_budget),
                 };
                 let mut store = Store::new(&self.engine, host);
+                store.limiter(|h| &mut h.limits);
                 let result = pre
                     .instantiate(&mut store)
                     .and_then(|command| command.wasi_cli_run().call_run(&mut store));

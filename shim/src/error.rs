@@ -75,6 +75,13 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
+    /// Creating, joining, reading or removing the container's cgroup failed.
+    #[error("container {id}: cgroup {path}: {what}")]
+    Cgroup {
+        id: String,
+        path: String,
+        what: String,
+    },
     /// A request this shim does not implement for Wasm containers.
     #[error("{0} is not supported by the wasmpod shim")]
     Unsupported(&'static str),
@@ -95,7 +102,8 @@ impl Error {
             Error::Rootfs { .. }
             | Error::Stdio { .. }
             | Error::Runner { .. }
-            | Error::Signal { .. } => Code::INTERNAL,
+            | Error::Signal { .. }
+            | Error::Cgroup { .. } => Code::INTERNAL,
         }
     }
 }

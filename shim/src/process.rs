@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 
+use crate::cgroup::ContainerCgroup;
 use crate::control::{self, Reply, RunRequest};
 use crate::error::{Error, Result};
 use crate::runner::RUNNER_ARG;
@@ -112,6 +113,7 @@ impl Runner {
         bundle: &Path,
         stdio: [ProcessStdio; 3],
         exits: &ExitRouter,
+        cgroup: Option<&ContainerCgroup>,
     ) -> Result<(Runner, oneshot::Receiver<Exit>)> {
         let id = request.id.as_str();
         let runner_err = |what, source| Error::Runner {
@@ -142,6 +144,12 @@ impl Runner {
         let exit = exits.watch(pid);
 
         let result = async {
+            // Join the cgroup before the runner reads its request: everything
+            // it allocates from here on (engine, compiled code, the guest) is
+            // charged to the container.
+            if let Some(cg) = cgroup {
+                cg.add(pid)?;
+            }
             ours.set_nonblocking(true)
                 .map_err(|e| runner_err("control socket", e))?;
             let mut control =

@@ -33,6 +33,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::sync::{oneshot, watch, Mutex};
 
+use crate::cgroup::ContainerCgroup;
 use crate::control::RunRequest;
 use crate::error::{Error, Result};
 use crate::process::{Exit, ExitRouter, Runner};
@@ -64,6 +65,7 @@ struct Container {
     runner: Option<Runner>,
     keepalive: Keepalive,
     rootfs: Option<PathBuf>,
+    cgroup: Option<Arc<ContainerCgroup>>,
 }
 
 impl Container {
@@ -91,6 +93,12 @@ struct Inner {
 #[derive(Clone)]
 pub struct Service {
     inner: Arc<Inner>,
+}
+
+/// Removes a container's cgroup off the async runtime (it may wait briefly
+/// for the kernel to release the last process).
+async fn remove_cgroup(cg: Arc<ContainerCgroup>) {
+    let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
 }
 
 /// A protobuf timestamp for `t`.
@@ -201,6 +209,7 @@ impl Service {
                 runner: None,
                 keepalive: Keepalive::default(),
                 rootfs: None,
+                cgroup: None,
             }));
             map.insert(id.clone(), c.clone());
             c
@@ -208,8 +217,9 @@ impl Service {
         // Hold the lock for the whole creation so nothing sees half a container.
         let mut guard = placeholder.lock().await;
         match self.create_runner(&req, &bundle).await {
-            Ok((runner, keepalive, rootfs, exit_rx)) => {
+            Ok((runner, keepalive, rootfs, cgroup, exit_rx)) => {
                 let pid = runner.pid;
+                guard.cgroup = cgroup;
                 guard.pid = pid;
                 guard.runner = Some(runner);
                 guard.keepalive = keepalive;
@@ -268,7 +278,13 @@ impl Service {
         &self,
         req: &api::CreateTaskRequest,
         bundle: &Path,
-    ) -> Result<(Runner, Keepalive, Option<PathBuf>, oneshot::Receiver<Exit>)> {
+    ) -> Result<(
+        Runner,
+        Keepalive,
+        Option<PathBuf>,
+        Option<Arc<ContainerCgroup>>,
+        oneshot::Receiver<Exit>,
+    )> {
         let id = req.id.as_str();
         let spec_path = bundle.join("config.json");
         let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|source| Error::Spec {
@@ -281,7 +297,31 @@ impl Service {
                 id: id.to_owned(),
                 source,
             })?;
-        let mounted = rootfs::mount(id, bundle, &req.rootfs).await?;
+        let cgroup = match &plan.cgroup {
+            Some(path) => {
+                let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
+                let (id, path) = (id.to_owned(), path.clone());
+                let cg = tokio::task::spawn_blocking(move || {
+                    ContainerCgroup::create(&id, &path, resources.as_ref())
+                })
+                .await
+                .map_err(|e| Error::InvalidArgument {
+                    id: req.id.clone(),
+                    what: format!("cgroup task: {e}"),
+                })??;
+                Some(Arc::new(cg))
+            }
+            None => None,
+        };
+        let mounted = match rootfs::mount(id, bundle, &req.rootfs).await {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(cg) = cgroup {
+                    remove_cgroup(cg).await;
+                }
+                return Err(e);
+            }
+        };
         let result = async {
             let paths = StdioPaths {
                 stdin: req.stdin.clone(),
@@ -294,8 +334,14 @@ impl Service {
                 id: id.to_owned(),
                 plan,
             };
-            let (runner, exit) =
-                Runner::spawn(&request, bundle, child_stdio, &self.inner.exits).await?;
+            let (runner, exit) = Runner::spawn(
+                &request,
+                bundle,
+                child_stdio,
+                &self.inner.exits,
+                cgroup.as_deref(),
+            )
+            .await?;
             debug!(
                 "container {id}: runner pid {} loaded {} {}",
                 runner.pid, runner.kind, runner.entrypoint
@@ -307,12 +353,15 @@ impl Service {
         }
         .await;
         match result {
-            Ok((runner, keepalive, exit)) => Ok((runner, keepalive, mounted, exit)),
+            Ok((runner, keepalive, exit)) => Ok((runner, keepalive, mounted, cgroup, exit)),
             Err(e) => {
                 if let Some(target) = &mounted {
                     if let Err(ue) = rootfs::unmount(id, target).await {
                         warn!("{ue}");
                     }
+                }
+                if let Some(cg) = cgroup {
+                    remove_cgroup(cg).await;
                 }
                 Err(e)
             }
@@ -422,6 +471,9 @@ impl Service {
         };
         if let Some(target) = c.rootfs.take() {
             rootfs::unmount(&c.id, &target).await?;
+        }
+        if let Some(cg) = c.cgroup.take() {
+            remove_cgroup(cg).await;
         }
         let _ = tokio::fs::remove_file(c.bundle.join(PID_FILE)).await;
         c.keepalive = Keepalive::default();
@@ -574,6 +626,32 @@ impl Task for Service {
                 });
         }
         Ok(resp)
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let container = self.container(&req.id)?;
+        let cgroup = container.lock().await.cgroup.clone();
+        let Some(cgroup) = cgroup else {
+            return Err(Error::FailedPrecondition {
+                id: req.id,
+                what: "no cgroup: the spec names no linux.cgroupsPath".into(),
+            }
+            .into());
+        };
+        let stats = tokio::task::spawn_blocking(move || cgroup.stats())
+            .await
+            .map_err(|e| Error::InvalidArgument {
+                id: req.id.clone(),
+                what: format!("stats task: {e}"),
+            })??;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(stats),
+            ..Default::default()
+        })
     }
 
     async fn close_io(

@@ -23,7 +23,7 @@ actions:
   trap                 print `about to trap`, then execute `unreachable`
   sleep SECS           sleep SECS seconds, then print `slept`
   stderr TEXT          print TEXT to stderr
-  alloc MIB            allocate and touch MIB mebibytes
+  alloc MIB [SECS]     allocate and touch MIB mebibytes, then hold them SECS seconds
   burn SECS            busy-loop for SECS seconds, then print `burned`
   stdout-flood MIB     write MIB mebibytes of `x` lines to stdout";
 
@@ -64,7 +64,8 @@ fn main() {
             println!("slept");
         }
         ("stderr", [text]) => eprintln!("{text}"),
-        ("alloc", [mib]) => alloc(parse(mib)),
+        ("alloc", [mib]) => alloc(parse(mib), 0.0),
+        ("alloc", [mib, secs]) => alloc(parse(mib), parse(secs)),
         ("burn", [secs]) => burn(Duration::from_secs_f64(parse(secs))),
         ("stdout-flood", [mib]) => stdout_flood(parse(mib)),
         _ => usage(),
@@ -187,7 +188,7 @@ fn deliberate_trap() -> ! {
     }
 }
 
-fn alloc(mib: usize) {
+fn alloc(mib: usize, hold_secs: f64) {
     let mut chunks: Vec<Vec<u8>> = Vec::with_capacity(mib);
     for _ in 0..mib {
         let mut chunk = vec![0u8; MIB];
@@ -198,6 +199,10 @@ fn alloc(mib: usize) {
     }
     black_box(&chunks);
     println!("allocated {mib} MiB");
+    if hold_secs > 0.0 {
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_secs_f64(hold_secs));
+    }
 }
 
 fn burn(duration: Duration) {

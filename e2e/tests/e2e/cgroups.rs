@@ -1,0 +1,172 @@
+//! cgroups through `ctr`: each Wasm container's process lives in the cgroup
+//! its spec names, with memory/CPU limits applied, its usage reported as
+//! containerd metrics, and the cgroup removed on delete. This machine has
+//! cgroup v1 (cgroupfs driver), which is what these tests check for real.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use wasmpod_e2e::{Containerd, ContainerdOptions};
+
+use crate::common::{probe_image, P1, P2, RUNTIME};
+
+fn wait_running(cd: &Containerd, id: &str) -> Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tasks = cd.ctr(&["tasks", "ls"])?;
+        if let Some(line) = tasks
+            .lines()
+            .find(|l| l.starts_with(id) && l.contains("RUNNING"))
+        {
+            let pid = line.split_whitespace().nth(1).context("pid column")?;
+            return pid.parse().with_context(|| format!("pid {pid}"));
+        }
+        if Instant::now() > deadline {
+            bail!("task {id} never ran: {tasks}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read(path: &str) -> Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("read {path}"))?
+        .trim()
+        .to_owned())
+}
+
+/// `memory.usage_in_bytes` from `ctr tasks metrics`, i.e. what the shim's
+/// Stats returned.
+fn memory_usage(cd: &Containerd, id: &str) -> Result<u64> {
+    let out = cd.ctr(&["tasks", "metrics", id])?;
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("memory.usage_in_bytes"))
+        .with_context(|| format!("no memory usage in metrics: {out}"))?;
+    let value = line.split_whitespace().nth(1).context("value column")?;
+    value.parse().with_context(|| format!("usage {value}"))
+}
+
+#[test]
+fn cgroup_placement_limits_stats_and_removal() -> Result<()> {
+    let cd = Containerd::start(ContainerdOptions::default())?;
+    let image = probe_image(&cd, P1)?;
+    let id = "cg-hold";
+    let limit = 128u64 << 20;
+    let mut child = cd.ctr_spawn(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        &limit.to_string(),
+        "--cpus",
+        "0.5",
+        &image,
+        id,
+        "/probe.wasm",
+        "alloc",
+        "40",
+        "60",
+    ])?;
+    let pid = wait_running(&cd, id)?;
+    let ns = cd.namespace().to_owned();
+    let mem = format!("/sys/fs/cgroup/memory/{ns}/{id}");
+    let cpu = format!("/sys/fs/cgroup/cpu/{ns}/{id}");
+    let result = (|| -> Result<()> {
+        ensure!(
+            read(&format!("{mem}/memory.limit_in_bytes"))? == limit.to_string(),
+            "memory limit"
+        );
+        ensure!(
+            read(&format!("{cpu}/cpu.cfs_quota_us"))? == "50000",
+            "cpu quota"
+        );
+        ensure!(
+            read(&format!("{cpu}/cpu.cfs_period_us"))? == "100000",
+            "cpu period"
+        );
+        let procs = read(&format!("{mem}/cgroup.procs"))?;
+        ensure!(
+            procs.lines().any(|p| p == pid.to_string()),
+            "pid {pid} not in {mem}: {procs}"
+        );
+        let own = read(&format!("/proc/{pid}/cgroup"))?;
+        ensure!(own.contains(&format!("memory:/{ns}/{id}")), "{own}");
+
+        // Stats report what the guest allocated (40 MiB touched).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let usage = memory_usage(&cd, id)?;
+            if usage >= 40 << 20 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("memory usage stayed at {usage} bytes");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    })();
+    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id])?;
+    let status = child.wait()?;
+    result?;
+    ensure!(status.code() == Some(137), "ctr exit {status:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&mem).exists() || std::path::Path::new(&cpu).exists() {
+        if Instant::now() > deadline {
+            bail!("cgroup {mem} left behind");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cd.assert_no_leftovers()
+}
+
+#[test]
+fn memory_bomb_fails_cleanly_inside_the_limit() -> Result<()> {
+    let cd = Containerd::start(ContainerdOptions::default())?;
+    for target in [P1, P2] {
+        let image = probe_image(&cd, target)?;
+        let id = format!("bomb-{}", &target[10..]);
+        let out = cd.ctr_output(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--memory-limit",
+            &(64u64 << 20).to_string(),
+            &image,
+            &id,
+            "/probe.wasm",
+            "alloc",
+            "512",
+        ])?;
+        // memory.grow fails inside wasmtime (store limiter) before the kernel
+        // OOM killer is needed: Rust's allocator reports and aborts (a trap).
+        ensure!(out.status == Some(134), "{target}: {out:?}");
+        ensure!(
+            out.stderr.contains("memory allocation"),
+            "{target}: {out:?}"
+        );
+
+        // within the limit the same guest runs fine
+        let out = cd.ctr_output(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--memory-limit",
+            &(64u64 << 20).to_string(),
+            &image,
+            &format!("{id}-ok"),
+            "/probe.wasm",
+            "alloc",
+            "16",
+        ])?;
+        ensure!(
+            out.status == Some(0) && out.stdout.contains("allocated 16 MiB"),
+            "{target}: {out:?}"
+        );
+    }
+    cd.assert_no_leftovers()
+}
