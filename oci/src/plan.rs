@@ -73,6 +73,28 @@ pub struct BindMount {
     pub readonly: bool,
 }
 
+/// A Linux namespace kind a Wasm container's process can be placed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceKind {
+    /// Network: the pod IP, its loopback, its ports.
+    Network,
+    /// System V IPC and POSIX message queues.
+    Ipc,
+    /// Hostname and domain name.
+    Uts,
+}
+
+/// A namespace from `linux.namespaces`: join `path`, or create a new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespacePlan {
+    /// Which namespace.
+    pub kind: NamespaceKind,
+    /// An existing namespace to join (e.g. the pod sandbox's
+    /// `/proc/PID/ns/net`); `None` to create a new, empty one.
+    pub path: Option<PathBuf>,
+}
+
 /// Everything the shim needs to run one Wasm container, derived from its spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunPlan {
@@ -93,6 +115,11 @@ pub struct RunPlan {
     pub cgroup: Option<String>,
     /// `linux.resources.memory.limit` in bytes, when set (and not 0).
     pub memory_limit: Option<u64>,
+    /// Network, IPC and UTS namespaces from `linux.namespaces`, in spec
+    /// order. A kind the spec does not list is shared with the host (as with
+    /// runc). Mount, PID, user and cgroup namespaces have no meaning for a
+    /// WASI guest: it sees only its preopens and no processes.
+    pub namespaces: Vec<NamespacePlan>,
 }
 
 impl RunPlan {
@@ -148,6 +175,23 @@ impl RunPlan {
             .and_then(|l| u64::try_from(l).ok())
             .filter(|l| *l > 0);
 
+        let namespaces = linux
+            .and_then(|l| l.namespaces().as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|ns| {
+                use oci_spec::runtime::LinuxNamespaceType as T;
+                let kind = match ns.typ() {
+                    T::Network => NamespaceKind::Network,
+                    T::Ipc => NamespaceKind::Ipc,
+                    T::Uts => NamespaceKind::Uts,
+                    _ => return None,
+                };
+                let path = ns.path().clone().filter(|p| !p.as_os_str().is_empty());
+                Some(NamespacePlan { kind, path })
+            })
+            .collect();
+
         Ok(RunPlan {
             args,
             env,
@@ -156,6 +200,7 @@ impl RunPlan {
             binds,
             cgroup,
             memory_limit,
+            namespaces,
         })
     }
 
@@ -321,6 +366,28 @@ mod tests {
         let plan = RunPlan::from_spec(&spec(v.clone()), Path::new("/b")).unwrap();
         assert_eq!(plan.cgroup.as_deref(), Some("ns/c1"));
         assert_eq!(plan.memory_limit, Some(64 << 20));
+        v["linux"] = json!({"namespaces": [
+            {"type": "pid"}, {"type": "network", "path": "/proc/42/ns/net"}, {"type": "ipc"},
+            {"type": "mount"}, {"type": "uts", "path": ""}
+        ]});
+        let plan = RunPlan::from_spec(&spec(v.clone()), Path::new("/b")).unwrap();
+        assert_eq!(
+            plan.namespaces,
+            [
+                NamespacePlan {
+                    kind: NamespaceKind::Network,
+                    path: Some("/proc/42/ns/net".into())
+                },
+                NamespacePlan {
+                    kind: NamespaceKind::Ipc,
+                    path: None
+                },
+                NamespacePlan {
+                    kind: NamespaceKind::Uts,
+                    path: None
+                },
+            ]
+        );
         v["linux"] = json!({"cgroupsPath": "/ns/../etc"});
         assert!(matches!(
             RunPlan::from_spec(&spec(v), Path::new("/b")),

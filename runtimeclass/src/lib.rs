@@ -1,11 +1,14 @@
 //! `wasmpod-runtimeclass`: how a Kubernetes node learns about wasmpod.
 //!
-//! This crate will hold the RuntimeClass manifests, the containerd CRI config
-//! snippets that register the `wasmpod` handler (config versions 2 and 3) and
-//! the node installer that patches a node's containerd config with
-//! `toml_edit`. Outside Kubernetes nothing needs registering: containerd finds
-//! `containerd-shim-wasmpod-v1` on its `PATH` for the runtime name
-//! [`RUNTIME_TYPE`].
+//! It carries the RuntimeClass manifest (`manifests/runtimeclass.yaml`,
+//! handler `wasmpod`), an example pod, and the containerd CRI snippets that
+//! register the handler: config version 2 for containerd 1.6/1.7
+//! (`plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmpod`) and
+//! version 3 for containerd 2.x (`plugins."io.containerd.cri.v1.runtime"...`).
+//! The node installer (Helm milestone) applies the same tables with a
+//! format-preserving editor. Outside Kubernetes nothing needs registering:
+//! containerd finds `containerd-shim-wasmpod-v1` on its `PATH` for the
+//! runtime name [`RUNTIME_TYPE`].
 
 /// The containerd runtime type (`runtime_type` in CRI config) of the shim.
 pub const RUNTIME_TYPE: &str = "io.containerd.wasmpod.v1";
@@ -15,6 +18,34 @@ pub const HANDLER: &str = "wasmpod";
 
 /// The shim binary containerd resolves [`RUNTIME_TYPE`] to.
 pub const SHIM_BINARY: &str = "containerd-shim-wasmpod-v1";
+
+/// The RuntimeClass manifest.
+pub const RUNTIMECLASS_YAML: &str = include_str!("../manifests/runtimeclass.yaml");
+
+/// The CRI snippet for containerd config version 2 (containerd 1.6, 1.7).
+pub const CONTAINERD_V2_SNIPPET: &str = include_str!("../containerd/config-v2.toml");
+
+/// The CRI snippet for containerd config version 3 (containerd 2.x).
+pub const CONTAINERD_V3_SNIPPET: &str = include_str!("../containerd/config-v3.toml");
+
+/// The CRI plugin path holding runtimes, by containerd config version.
+pub fn cri_runtimes_path(config_version: i64) -> Option<[&'static str; 4]> {
+    match config_version {
+        2 => Some([
+            "plugins",
+            "io.containerd.grpc.v1.cri",
+            "containerd",
+            "runtimes",
+        ]),
+        3 => Some([
+            "plugins",
+            "io.containerd.cri.v1.runtime",
+            "containerd",
+            "runtimes",
+        ]),
+        _ => None,
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -30,5 +61,38 @@ mod tests {
             SHIM_BINARY
         );
         assert_eq!(parts[2], HANDLER);
+    }
+
+    #[test]
+    fn snippets_register_the_handler_at_the_right_path() {
+        for (version, snippet) in [(2, CONTAINERD_V2_SNIPPET), (3, CONTAINERD_V3_SNIPPET)] {
+            let doc: toml_edit::DocumentMut = snippet.parse().expect("snippet parses");
+            let path = cri_runtimes_path(version).expect("known version");
+            let mut item = doc.as_item();
+            for key in path.iter().chain([&HANDLER]) {
+                item = item
+                    .get(key)
+                    .unwrap_or_else(|| panic!("v{version}: no {key}"));
+            }
+            assert_eq!(
+                item["runtime_type"].as_str(),
+                Some(RUNTIME_TYPE),
+                "v{version}"
+            );
+            assert!(
+                item["options"]["SystemdCgroup"].as_bool().is_some(),
+                "v{version}"
+            );
+        }
+        assert_eq!(cri_runtimes_path(1), None);
+    }
+
+    #[test]
+    fn runtimeclass_names_the_handler() {
+        let lines: Vec<_> = RUNTIMECLASS_YAML.lines().map(str::trim_end).collect();
+        assert!(lines.contains(&"kind: RuntimeClass"));
+        assert!(lines.contains(&"apiVersion: node.k8s.io/v1"));
+        assert!(lines.contains(&format!("handler: {HANDLER}").as_str()));
+        assert!(lines.contains(&"    wasmpod.io/ready: \"true\""));
     }
 }

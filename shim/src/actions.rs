@@ -120,12 +120,43 @@ pub async fn delete_action(flags: &Flags) -> anyhow::Result<()> {
         PathBuf::from(&flags.bundle)
     };
     let mut pid = 0;
+    let mut runner = false;
     if let Ok(text) = tokio::fs::read_to_string(bundle.join(PID_FILE)).await {
         if let Ok(p) = text.trim().parse::<i32>() {
             pid = p;
             if crate::is_runner(p, &flags.id) {
+                runner = true;
                 let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+                wait_gone(p).await;
             }
+        }
+    }
+    // The Wasm container's cgroup was the shim's to remove.
+    if runner {
+        let cgroup = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .ok()
+            .and_then(|spec| wasmpod_oci::plan::RunPlan::from_spec(&spec, &bundle).ok())
+            .and_then(|plan| plan.cgroup);
+        if let Some(path) = cgroup {
+            let id = flags.id.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::cgroup::ContainerCgroup::adopt(&id, &path).map(|cg| cg.remove())
+            })
+            .await;
+        }
+    }
+    // A pod's Linux container: let runc kill it and remove its state.
+    let runc_state = std::path::Path::new(crate::runc::RUNC_ROOT).join(&flags.namespace);
+    if runc_state.join(&flags.id).exists() {
+        let status = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&runc_state)
+            .args(["delete", "--force", &flags.id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            warn!("runc delete --force {}: {status:?}", flags.id);
         }
     }
     let target = bundle.join(rootfs::ROOTFS_DIR);
@@ -133,6 +164,13 @@ pub async fn delete_action(flags: &Flags) -> anyhow::Result<()> {
         warn!("{e}");
     }
     let _ = tokio::fs::remove_file(bundle.join(PID_FILE)).await;
+    // The dead server's socket, unless another server of the group lives on it.
+    if let Ok(address) = tokio::fs::read_to_string(bundle.join("address")).await {
+        let path = address.trim().trim_start_matches("unix://").to_owned();
+        if tokio::net::UnixStream::connect(&path).await.is_err() {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+    }
     let resp = DeleteResponse {
         pid: u32::try_from(pid).unwrap_or(0),
         exit_status: 128 + Signal::SIGKILL as u32,
@@ -143,6 +181,23 @@ pub async fn delete_action(flags: &Flags) -> anyhow::Result<()> {
     stdout.write_all(&resp.write_to_bytes()?)?;
     stdout.flush()?;
     Ok(())
+}
+
+/// Waits (up to a second) until `pid` has exited.
+async fn wait_gone(pid: i32) {
+    for _ in 0..100 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // gone, or a zombie waiting for its new parent to reap it
+        if stat.is_empty()
+            || stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// The `-info` action (containerd 2.x): the runtime's name and version.

@@ -17,6 +17,8 @@ pub struct ContainerCgroup {
     id: String,
     path: String,
     cgroup: Cgroup,
+    /// Created by the shim (removed on Delete), or owned by runc (only read).
+    owned: bool,
 }
 
 impl std::fmt::Debug for ContainerCgroup {
@@ -43,6 +45,7 @@ impl ContainerCgroup {
             id: id.to_owned(),
             path: path.to_owned(),
             cgroup,
+            owned: true,
         };
         if let Some(resources) = resources {
             if let Err(e) = containerd_shim::cgroup::update_resources(&cg.cgroup, resources) {
@@ -50,6 +53,34 @@ impl ContainerCgroup {
                 return Err(err(format!("apply resources: {e}")));
             }
         }
+        Ok(cg)
+    }
+
+    /// Opens a cgroup someone else (runc) created and manages, for reading
+    /// its metrics only; [`ContainerCgroup::remove`] leaves it alone.
+    pub fn open(id: &str, path: &str) -> Result<Self> {
+        let cgroup = Cgroup::load(hierarchies::auto(), path);
+        if !cgroup.exists() {
+            return Err(Error::Cgroup {
+                id: id.to_owned(),
+                path: path.to_owned(),
+                what: "does not exist".into(),
+            });
+        }
+        Ok(ContainerCgroup {
+            id: id.to_owned(),
+            path: path.to_owned(),
+            cgroup,
+            owned: false,
+        })
+    }
+
+    /// Takes over an existing cgroup the shim created earlier (the `delete`
+    /// action after a shim crash), so that [`ContainerCgroup::remove`]
+    /// removes it.
+    pub fn adopt(id: &str, path: &str) -> Result<Self> {
+        let mut cg = Self::open(id, path)?;
+        cg.owned = true;
         Ok(cg)
     }
 
@@ -86,6 +117,9 @@ impl ContainerCgroup {
     /// Removes the cgroup. Its processes must have exited; the kernel may
     /// take a moment to release the last one, so busy is retried briefly.
     pub fn remove(&self) -> bool {
+        if !self.owned {
+            return true;
+        }
         for _ in 0..50 {
             if self.cgroup.delete().is_ok() {
                 return true;

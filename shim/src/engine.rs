@@ -207,14 +207,15 @@ pub fn prepare(plan: &RunPlan) -> Result<Prepared, LoadError> {
     })
 }
 
-/// Headroom left to the runner itself (engine, compiled code, WASI buffers)
-/// inside the container's memory limit.
-const RUNNER_HEADROOM: u64 = 16 << 20;
+/// Headroom left to the runner's own allocations after the guest starts
+/// (instance state, WASI buffers) inside the container's memory limit.
+const RUNNER_HEADROOM: u64 = 4 << 20;
 
 /// The guest's share of a cgroup memory limit: the limit minus what the
 /// runner already uses and some headroom, so that `memory.grow` fails inside
 /// wasmtime before the kernel's OOM killer has to act. At least 1 MiB.
 fn memory_budget(limit: u64) -> usize {
+    sys::release_free_heap();
     let used = resident_bytes().unwrap_or(0);
     let budget = limit.saturating_sub(used + RUNNER_HEADROOM).max(1 << 20);
     usize::try_from(budget).unwrap_or(usize::MAX)
@@ -233,6 +234,28 @@ fn limits(budget: Option<usize>) -> StoreLimits {
         b = b.memory_size(bytes);
     }
     b.build()
+}
+
+/// Whether the plan's entry point resolves to a WebAssembly binary inside the
+/// rootfs. `true` as well when it cannot be resolved at all, so that the
+/// runner reports why.
+pub fn entrypoint_is_wasm(plan: &RunPlan) -> bool {
+    let Ok(root) = File::open(&plan.root.path) else {
+        return true;
+    };
+    for path in plan.entrypoint_candidates() {
+        if let Ok(mut file) = sys::open_in_root(&root, &path) {
+            if !file.metadata().is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            let mut header = [0u8; 8];
+            return match file.read_exact(&mut header) {
+                Ok(()) => classify(&header).is_some(),
+                Err(_) => false,
+            };
+        }
+    }
+    true
 }
 
 fn read_entrypoint(root: &File, plan: &RunPlan) -> Result<(String, Vec<u8>), LoadError> {
@@ -271,7 +294,16 @@ fn read_entrypoint(root: &File, plan: &RunPlan) -> Result<(String, Vec<u8>), Loa
 
 fn wasi_builder(plan: &RunPlan) -> Result<WasiCtxBuilder, LoadError> {
     let mut b = WasiCtxBuilder::new();
-    b.args(&plan.args).envs(&plan.env).inherit_stdio();
+    // The runner already sits in the container's network namespace (or the
+    // host's, when the spec asks for host networking, as with runc), so the
+    // guest may use wasi:sockets within it.
+    b.args(&plan.args)
+        .envs(&plan.env)
+        .inherit_stdio()
+        .inherit_network()
+        .allow_tcp(true)
+        .allow_udp(true)
+        .allow_ip_name_lookup(true);
     let perms = |ro: bool| {
         if ro {
             FsPerms::ReadOnly

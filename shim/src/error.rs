@@ -82,6 +82,13 @@ pub enum Error {
         path: String,
         what: String,
     },
+    /// A runc invocation for a pod's Linux container failed.
+    #[error("container {id}: runc {op}: {message}")]
+    Runc {
+        id: String,
+        op: &'static str,
+        message: String,
+    },
     /// A request this shim does not implement for Wasm containers.
     #[error("{0} is not supported by the wasmpod shim")]
     Unsupported(&'static str),
@@ -103,7 +110,8 @@ impl Error {
             | Error::Stdio { .. }
             | Error::Runner { .. }
             | Error::Signal { .. }
-            | Error::Cgroup { .. } => Code::INTERNAL,
+            | Error::Cgroup { .. }
+            | Error::Runc { .. } => Code::INTERNAL,
         }
     }
 }

@@ -9,7 +9,7 @@
 use std::io::BufReader;
 
 use crate::control::{self, Reply, RunRequest};
-use crate::{engine, sys};
+use crate::{engine, namespace, sys};
 
 /// First argument that selects runner mode in `main`.
 pub const RUNNER_ARG: &str = "__wasmpod_runner";
@@ -40,10 +40,12 @@ pub fn main() -> i32 {
         }
     };
     let id = req.id;
-    let prepared = match engine::prepare(&req.plan) {
+    let prepared = namespace::enter(&req.plan.namespaces)
+        .map_err(|e| e.to_string())
+        .and_then(|()| engine::prepare(&req.plan).map_err(|e| e.to_string()));
+    let prepared = match prepared {
         Ok(p) => p,
-        Err(e) => {
-            let message = e.to_string();
+        Err(message) => {
             // The container's stderr is the CRI log: say it there as well.
             eprintln!("wasmpod: container {id}: {message}");
             let _ = control::send(&mut writer, &Reply::Failed { message });

@@ -37,12 +37,18 @@ use crate::cgroup::ContainerCgroup;
 use crate::control::RunRequest;
 use crate::error::{Error, Result};
 use crate::process::{Exit, ExitRouter, Runner};
-use crate::rootfs;
+use crate::runc::Runc;
 use crate::stdio::{Keepalive, Stdio, StdioPaths};
+use crate::{engine, rootfs};
 
 /// Annotation CRI puts on every container of a pod: containers sharing it
 /// are served by one shim process.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// Annotation CRI puts on the containers of a pod (`sandbox` for the pause
+/// container, `container` for the others). Where it is present, a container
+/// whose entry point is not WebAssembly runs through runc.
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 
 /// File in the bundle that records the runner's pid, for `delete` after a
 /// shim crash.
@@ -66,6 +72,28 @@ struct Container {
     keepalive: Keepalive,
     rootfs: Option<PathBuf>,
     cgroup: Option<Arc<ContainerCgroup>>,
+    backend: Backend,
+}
+
+/// What runs a container's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// A wasmpod runner (WebAssembly under wasmtime).
+    Wasm,
+    /// The node's runc (a pod's pause sandbox and Linux sidecars);
+    /// `systemd` when the cgroups path uses the systemd notation.
+    Runc { systemd: bool },
+}
+
+/// A freshly created container process and what it holds.
+struct Launched {
+    pid: i32,
+    backend: Backend,
+    runner: Option<Runner>,
+    keepalive: Keepalive,
+    rootfs: Option<PathBuf>,
+    cgroup: Option<Arc<ContainerCgroup>>,
+    exit: oneshot::Receiver<Exit>,
 }
 
 impl Container {
@@ -87,6 +115,7 @@ struct Inner {
     shutdown: Arc<ExitSignal>,
     containers: StdMutex<HashMap<String, Arc<Mutex<Container>>>>,
     exits: ExitRouter,
+    runc: Runc,
 }
 
 /// The task service containerd talks to over ttrpc.
@@ -117,6 +146,7 @@ impl Service {
     pub fn new(namespace: String, publisher: RemotePublisher, shutdown: Arc<ExitSignal>) -> Self {
         Service {
             inner: Arc::new(Inner {
+                runc: Runc::new(&namespace),
                 namespace,
                 publisher,
                 shutdown,
@@ -210,20 +240,23 @@ impl Service {
                 keepalive: Keepalive::default(),
                 rootfs: None,
                 cgroup: None,
+                backend: Backend::Wasm,
             }));
             map.insert(id.clone(), c.clone());
             c
         };
         // Hold the lock for the whole creation so nothing sees half a container.
         let mut guard = placeholder.lock().await;
-        match self.create_runner(&req, &bundle).await {
-            Ok((runner, keepalive, rootfs, cgroup, exit_rx)) => {
-                let pid = runner.pid;
-                guard.cgroup = cgroup;
+        match self.launch(&req, &bundle).await {
+            Ok(launched) => {
+                let pid = launched.pid;
+                let exit_rx = launched.exit;
+                guard.cgroup = launched.cgroup;
                 guard.pid = pid;
-                guard.runner = Some(runner);
-                guard.keepalive = keepalive;
-                guard.rootfs = rootfs;
+                guard.backend = launched.backend;
+                guard.runner = launched.runner;
+                guard.keepalive = launched.keepalive;
+                guard.rootfs = launched.rootfs;
                 guard.stdio = StdioPaths {
                     stdin: req.stdin.clone(),
                     stdout: req.stdout.clone(),
@@ -272,19 +305,10 @@ impl Service {
         }
     }
 
-    /// Mounts the rootfs, opens stdio and starts the runner; on failure undoes
+    /// Mounts the rootfs, opens stdio and starts the container's process (a
+    /// Wasm runner, or runc for a pod's Linux containers); on failure undoes
     /// whatever it did.
-    async fn create_runner(
-        &self,
-        req: &api::CreateTaskRequest,
-        bundle: &Path,
-    ) -> Result<(
-        Runner,
-        Keepalive,
-        Option<PathBuf>,
-        Option<Arc<ContainerCgroup>>,
-        oneshot::Receiver<Exit>,
-    )> {
+    async fn launch(&self, req: &api::CreateTaskRequest, bundle: &Path) -> Result<Launched> {
         let id = req.id.as_str();
         let spec_path = bundle.join("config.json");
         let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|source| Error::Spec {
@@ -297,32 +321,23 @@ impl Service {
                 id: id.to_owned(),
                 source,
             })?;
-        let cgroup = match &plan.cgroup {
-            Some(path) => {
-                let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
-                let (id, path) = (id.to_owned(), path.clone());
-                let cg = tokio::task::spawn_blocking(move || {
-                    ContainerCgroup::create(&id, &path, resources.as_ref())
-                })
-                .await
-                .map_err(|e| Error::InvalidArgument {
-                    id: req.id.clone(),
-                    what: format!("cgroup task: {e}"),
-                })??;
-                Some(Arc::new(cg))
-            }
-            None => None,
-        };
-        let mounted = match rootfs::mount(id, bundle, &req.rootfs).await {
-            Ok(m) => m,
-            Err(e) => {
-                if let Some(cg) = cgroup {
-                    remove_cgroup(cg).await;
-                }
-                return Err(e);
-            }
-        };
+        let mounted = rootfs::mount(id, bundle, &req.rootfs).await?;
+        let mut cgroup = None;
         let result = async {
+            let in_pod = spec
+                .annotations()
+                .as_ref()
+                .is_some_and(|a| a.contains_key(CONTAINER_TYPE_ANNOTATION));
+            let backend = if in_pod && !engine::entrypoint_is_wasm(&plan) {
+                let systemd = spec
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.cgroups_path().as_ref())
+                    .is_some_and(|p| p.to_string_lossy().split(':').count() == 3);
+                Backend::Runc { systemd }
+            } else {
+                Backend::Wasm
+            };
             let paths = StdioPaths {
                 stdin: req.stdin.clone(),
                 stdout: req.stdout.clone(),
@@ -330,42 +345,79 @@ impl Service {
                 terminal: req.terminal,
             };
             let (child_stdio, keepalive) = Stdio::open(id, &paths)?.into_parts();
-            let request = RunRequest {
-                id: id.to_owned(),
-                plan,
+            let (pid, runner, exit) = match backend {
+                Backend::Wasm => {
+                    if let Some(path) = &plan.cgroup {
+                        let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
+                        let (cid, path) = (id.to_owned(), path.clone());
+                        let cg = tokio::task::spawn_blocking(move || {
+                            ContainerCgroup::create(&cid, &path, resources.as_ref())
+                        })
+                        .await
+                        .map_err(|e| Error::InvalidArgument {
+                            id: id.to_owned(),
+                            what: format!("cgroup task: {e}"),
+                        })??;
+                        cgroup = Some(Arc::new(cg));
+                    }
+                    let cgroup_path = plan.cgroup.clone();
+                    let request = RunRequest {
+                        id: id.to_owned(),
+                        plan,
+                    };
+                    let (runner, exit) = Runner::spawn(
+                        &request,
+                        bundle,
+                        child_stdio,
+                        &self.inner.exits,
+                        cgroup.as_deref(),
+                    )
+                    .await?;
+                    debug!(
+                        "container {id}: runner pid {} loaded {} {} (cgroup {cgroup_path:?})",
+                        runner.pid, runner.kind, runner.entrypoint
+                    );
+                    (runner.pid, Some(runner), exit)
+                }
+                Backend::Runc { systemd } => {
+                    let pid = self
+                        .inner
+                        .runc
+                        .create(id, bundle, child_stdio, &self.inner.exits, systemd)
+                        .await?;
+                    debug!("container {id}: runc container pid {pid}");
+                    if let Some(path) = &plan.cgroup {
+                        // runc owns this cgroup; the shim only reads it.
+                        cgroup = ContainerCgroup::open(id, path).ok().map(Arc::new);
+                    }
+                    (pid, None, self.inner.exits.watch(pid))
+                }
             };
-            let (runner, exit) = Runner::spawn(
-                &request,
-                bundle,
-                child_stdio,
-                &self.inner.exits,
-                cgroup.as_deref(),
-            )
-            .await?;
-            debug!(
-                "container {id}: runner pid {} loaded {} {}",
-                runner.pid, runner.kind, runner.entrypoint
-            );
-            if let Err(e) = tokio::fs::write(bundle.join(PID_FILE), runner.pid.to_string()).await {
+            if let Err(e) = tokio::fs::write(bundle.join(PID_FILE), pid.to_string()).await {
                 warn!("container {id}: write {PID_FILE}: {e}");
             }
-            Ok((runner, keepalive, exit))
+            Ok(Launched {
+                pid,
+                backend,
+                runner,
+                keepalive,
+                rootfs: mounted.clone(),
+                cgroup: cgroup.clone(),
+                exit,
+            })
         }
         .await;
-        match result {
-            Ok((runner, keepalive, exit)) => Ok((runner, keepalive, mounted, cgroup, exit)),
-            Err(e) => {
-                if let Some(target) = &mounted {
-                    if let Err(ue) = rootfs::unmount(id, target).await {
-                        warn!("{ue}");
-                    }
+        if result.is_err() {
+            if let Some(target) = &mounted {
+                if let Err(ue) = rootfs::unmount(id, target).await {
+                    warn!("{ue}");
                 }
-                if let Some(cg) = cgroup {
-                    remove_cgroup(cg).await;
-                }
-                Err(e)
+            }
+            if let Some(cg) = cgroup {
+                remove_cgroup(cg).await;
             }
         }
+        result
     }
 
     async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
@@ -381,11 +433,21 @@ impl Service {
             Status::Running => return Err(c.precondition("already started")),
             Status::Stopped => return Err(c.precondition("cannot start: process has exited")),
         }
-        let runner = c
-            .runner
-            .take()
-            .ok_or_else(|| c.precondition("cannot start: runner is gone"))?;
-        runner.start(&c.id).await?;
+        match c.backend {
+            Backend::Wasm => {
+                let runner = c
+                    .runner
+                    .take()
+                    .ok_or_else(|| c.precondition("cannot start: runner is gone"))?;
+                runner.start(&c.id).await?;
+            }
+            Backend::Runc { .. } => {
+                self.inner
+                    .runc
+                    .start(&c.id, &c.bundle, &self.inner.exits)
+                    .await?;
+            }
+        }
         c.status = Status::Running;
         let ev = events::TaskStart {
             container_id: c.id.clone(),
@@ -415,6 +477,13 @@ impl Service {
             id: c.id.clone(),
             what: format!("invalid signal {}", req.signal),
         })?;
+        if req.all && matches!(c.backend, Backend::Runc { .. }) {
+            return self
+                .inner
+                .runc
+                .kill_all(&c.id, &c.bundle, req.signal, &self.inner.exits)
+                .await;
+        }
         // A Wasm container is one process, so `all` signals the same one.
         nix::sys::signal::kill(Pid::from_raw(c.pid), signal).map_err(|source| Error::Signal {
             id: c.id.clone(),
@@ -469,6 +538,12 @@ impl Service {
                 }
             }
         };
+        if matches!(c.backend, Backend::Runc { .. }) {
+            self.inner
+                .runc
+                .delete(&c.id, &c.bundle, &self.inner.exits)
+                .await?;
+        }
         if let Some(target) = c.rootfs.take() {
             rootfs::unmount(&c.id, &target).await?;
         }

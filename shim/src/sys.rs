@@ -86,3 +86,42 @@ pub fn signal_server_started() {
     // until the server exits, which it reports on its own.
     let _ = unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
 }
+
+/// Brings the loopback interface of the current network namespace up.
+pub fn loopback_up() -> std::io::Result<()> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value of it.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name from `req` and writes the flags
+    // into it; `req` is a valid, exclusively borrowed ifreq for the call, and
+    // `sock` is an open socket.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the `ifru_flags` member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Returns memory the allocator holds but no longer uses to the kernel (the
+/// compiler's scratch space), so that it is neither charged to the
+/// container's cgroup nor counted against the guest's memory budget.
+pub fn release_free_heap() {
+    // SAFETY: malloc_trim has no preconditions; it only walks glibc's own
+    // arenas under their locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -8,25 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
-use crate::common::{probe_image, P1, P2, RUNTIME};
-
-fn wait_running(cd: &Containerd, id: &str) -> Result<u32> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let tasks = cd.ctr(&["tasks", "ls"])?;
-        if let Some(line) = tasks
-            .lines()
-            .find(|l| l.starts_with(id) && l.contains("RUNNING"))
-        {
-            let pid = line.split_whitespace().nth(1).context("pid column")?;
-            return pid.parse().with_context(|| format!("pid {pid}"));
-        }
-        if Instant::now() > deadline {
-            bail!("task {id} never ran: {tasks}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::common::{probe_image, running_pid, P1, P2, RUNTIME};
 
 fn read(path: &str) -> Result<String> {
     Ok(std::fs::read_to_string(path)
@@ -69,7 +51,7 @@ fn cgroup_placement_limits_stats_and_removal() -> Result<()> {
         "40",
         "60",
     ])?;
-    let pid = wait_running(&cd, id)?;
+    let pid = running_pid(&cd, id)?;
     let ns = cd.namespace().to_owned();
     let mem = format!("/sys/fs/cgroup/memory/{ns}/{id}");
     let cpu = format!("/sys/fs/cgroup/cpu/{ns}/{id}");

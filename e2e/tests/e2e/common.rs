@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
 use wasmpod_e2e::guests::guest;
 use wasmpod_e2e::Containerd;
 use wasmpod_oci::layout::{write_image_tar, Entry, ImageSpec};
@@ -72,4 +74,25 @@ pub fn probe_image(cd: &Containerd, target: &str) -> Result<String> {
         &["/probe.wasm"],
     )?;
     Ok(reference)
+}
+
+/// Waits until `ctr tasks ls` lists `id` as RUNNING and returns its pid.
+pub fn running_pid(cd: &Containerd, id: &str) -> Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tasks = cd.ctr(&["tasks", "ls"])?;
+        for line in tasks.lines() {
+            if let [task, pid, "RUNNING", ..] = line.split_whitespace().collect::<Vec<_>>()[..] {
+                if task == id {
+                    return pid
+                        .parse()
+                        .with_context(|| format!("pid in `ctr tasks ls` line {line:?}"));
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("task {id} never ran:\n{tasks}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

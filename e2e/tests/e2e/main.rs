@@ -4,5 +4,7 @@
 mod cgroups;
 mod common;
 mod harness;
+mod network;
+mod pods;
 mod shim;
 mod task_api;

@@ -10,7 +10,7 @@ use wasmpod_e2e::guests::{guest, wat_fixture};
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 use wasmpod_oci::layout::{write_image_tar, Entry, ImageSpec};
 
-use crate::common::{import, probe_image, P1, P2, RUNTIME};
+use crate::common::{import, probe_image, running_pid, P1, P2, RUNTIME};
 
 /// `ctr run --rm` of `image` as `id` with extra ctr flags and guest args.
 fn run(
@@ -242,20 +242,8 @@ fn spawn_spinner(cd: &Containerd, image: &str, id: &str) -> Result<std::process:
         "/probe.wasm",
         "spin",
     ])?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let tasks = cd.ctr(&["tasks", "ls"])?;
-        if tasks
-            .lines()
-            .any(|l| l.starts_with(id) && l.contains("RUNNING"))
-        {
-            return Ok(child);
-        }
-        if Instant::now() > deadline {
-            bail!("task {id} never ran: {tasks}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    running_pid(cd, id)?;
+    Ok(child)
 }
 
 fn wait_child(child: std::process::Child, limit: Duration) -> Result<Option<i32>> {
@@ -522,5 +510,68 @@ fn symlinks_resolve_inside_the_rootfs() -> Result<()> {
     );
     let _ = cd.ctr(&["containers", "rm", "link-escape"]);
     let _ = Path::new("/");
+    cd.assert_no_leftovers()
+}
+
+/// The shim process is SIGKILLed while its container runs: containerd runs
+/// the shim binary's `delete` action in the bundle, which must end the
+/// orphaned runner and unmount the rootfs from what is on disk alone.
+#[test]
+fn killed_shim_is_cleaned_up_by_the_delete_action() -> Result<()> {
+    let cd = Containerd::start(ContainerdOptions::default())?;
+    let image = probe_image(&cd, P1)?;
+    let id = "orphan";
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &image,
+        id,
+        "/probe.wasm",
+        "spin",
+    ])?;
+    let runner = running_pid(&cd, id)?;
+    // The shim is the runner's parent.
+    let stat = std::fs::read_to_string(format!("/proc/{runner}/stat"))?;
+    let ppid: i32 = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .context("ppid")?
+        .parse()?;
+    let shim_cmd = std::fs::read_to_string(format!("/proc/{ppid}/cmdline"))?;
+    ensure!(
+        shim_cmd.contains("containerd-shim-wasmpod-v1") && shim_cmd.contains(id),
+        "{shim_cmd}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ppid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+
+    // containerd notices, runs `delete`, and reports the task stopped.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{runner}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{runner}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true)
+    {
+        if Instant::now() > deadline {
+            bail!("runner {runner} survived its shim: {}", cd.log_tail(20));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = cd.ctr_output(&["tasks", "rm", "-f", id])?;
+    cd.ctr(&["containers", "rm", id])?;
+    // `ctr run -d` leaves its FIFOs to the client that made them.
+    for entry in std::fs::read_dir(cd.fifo_dir())? {
+        let dir = entry?.path();
+        if std::fs::read_dir(&dir)?
+            .any(|f| f.is_ok_and(|f| f.file_name().to_string_lossy().starts_with(id)))
+        {
+            std::fs::remove_dir_all(&dir)?;
+        }
+    }
     cd.assert_no_leftovers()
 }

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use wasmpod_e2e::guests::guest;
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
-use crate::common::{probe_image, P1, RUNTIME};
+use crate::common::{probe_image, running_pid, P1, RUNTIME};
 
 /// Topics of the task events, in the order the shim publishes them.
 const CREATE: &str = "/tasks/create";
@@ -359,27 +359,6 @@ fn expect_code<T: std::fmt::Debug>(
             Ok(())
         }
         Err(e) => bail!("{what}: {e}, want status {code:?}"),
-    }
-}
-
-/// Waits until `ctr tasks ls` lists `id` as RUNNING and returns its pid.
-fn running_pid(cd: &Containerd, id: &str) -> Result<u32> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let tasks = cd.ctr(&["tasks", "ls"])?;
-        for line in tasks.lines() {
-            if let [task, pid, "RUNNING", ..] = line.split_whitespace().collect::<Vec<_>>()[..] {
-                if task == id {
-                    return pid
-                        .parse()
-                        .with_context(|| format!("pid in `ctr tasks ls` line {line:?}"));
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("task {id} never ran:\n{tasks}");
-        }
-        thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -24,6 +24,7 @@ actions:
   sleep SECS           sleep SECS seconds, then print `slept`
   stderr TEXT          print TEXT to stderr
   alloc MIB [SECS]     allocate and touch MIB mebibytes, then hold them SECS seconds
+  serve PORT N         listen on 0.0.0.0:PORT (wasi:sockets), answer N connections with `hello from wasm`
   burn SECS            busy-loop for SECS seconds, then print `burned`
   stdout-flood MIB     write MIB mebibytes of `x` lines to stdout";
 
@@ -66,6 +67,7 @@ fn main() {
         ("stderr", [text]) => eprintln!("{text}"),
         ("alloc", [mib]) => alloc(parse(mib), 0.0),
         ("alloc", [mib, secs]) => alloc(parse(mib), parse(secs)),
+        ("serve", [port, count]) => serve(parse(port), parse(count)),
         ("burn", [secs]) => burn(Duration::from_secs_f64(parse(secs))),
         ("stdout-flood", [mib]) => stdout_flood(parse(mib)),
         _ => usage(),
@@ -202,6 +204,29 @@ fn alloc(mib: usize, hold_secs: f64) {
     if hold_secs > 0.0 {
         let _ = std::io::stdout().flush();
         std::thread::sleep(Duration::from_secs_f64(hold_secs));
+    }
+}
+
+fn serve(port: u16, count: usize) {
+    let listener = match std::net::TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("probe: listen on port {port}: {e}");
+            exit(1)
+        }
+    };
+    println!("listening on {port}");
+    let _ = io::stdout().flush();
+    for _ in 0..count {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                let _ = conn.write_all(b"hello from wasm\n");
+            }
+            Err(e) => {
+                eprintln!("probe: accept: {e}");
+                exit(1)
+            }
+        }
     }
 }
 

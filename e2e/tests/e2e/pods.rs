@@ -1,0 +1,143 @@
+//! A pod's Linux containers (the pause sandbox, sidecars) go through the same
+//! wasmpod shim to the node's runc. CRI marks every container of a pod with
+//! `io.kubernetes.cri.container-type`; here `ctr --annotation` sets it, so the
+//! runc path is exercised exactly as CRI reaches it.
+
+use anyhow::{ensure, Result};
+use wasmpod_e2e::images::busybox_image;
+use wasmpod_e2e::{Containerd, ContainerdOptions};
+
+use crate::common::{probe_image, running_pid, P1, RUNTIME};
+
+const BUSYBOX: &str = "docker.io/wasmpod-e2e/busybox:pods";
+const IN_POD: &str = "io.kubernetes.cri.container-type=container";
+
+fn run(cd: &Containerd, image: &str, id: &str, args: &[&str]) -> Result<wasmpod_e2e::Output> {
+    let mut argv = vec![
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        IN_POD,
+        image,
+        id,
+    ];
+    argv.extend_from_slice(args);
+    cd.ctr_output(&argv)
+}
+
+#[test]
+fn linux_containers_of_a_pod_run_through_runc() -> Result<()> {
+    let cd = Containerd::start(ContainerdOptions::default())?;
+    cd.ctr(&[
+        "images",
+        "import",
+        "--all-platforms",
+        &busybox_image(BUSYBOX)?.to_string_lossy(),
+    ])?;
+
+    let out = run(
+        &cd,
+        BUSYBOX,
+        "side-echo",
+        &["/bin/busybox", "echo", "hi from runc"],
+    )?;
+    ensure!(
+        out.status == Some(0) && out.stdout == "hi from runc\n",
+        "{out:?}"
+    );
+
+    let out = run(
+        &cd,
+        BUSYBOX,
+        "side-exit",
+        &["/bin/busybox", "sh", "-c", "echo oops >&2; exit 3"],
+    )?;
+    ensure!(
+        out.status == Some(3) && out.stderr.contains("oops"),
+        "{out:?}"
+    );
+
+    // a real Linux container: it sees its own pid namespace
+    let out = run(
+        &cd,
+        BUSYBOX,
+        "side-pid",
+        &["/bin/busybox", "sh", "-c", "echo $$"],
+    )?;
+    ensure!(out.stdout == "1\n", "{out:?}");
+
+    let argv = [
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        IN_POD,
+        BUSYBOX,
+        "side-cat",
+        "/bin/busybox",
+        "cat",
+    ];
+    let out = cd.ctr_with_stdin(&argv, b"ping\n")?;
+    ensure!(out.status == Some(0) && out.stdout == "ping\n", "{out:?}");
+
+    // an entrypoint that does not exist is reported, naming the container
+    let out = run(&cd, BUSYBOX, "side-missing", &["/bin/nope"])?;
+    ensure!(
+        out.status != Some(0)
+            && out.stderr.contains("side-missing")
+            && out.stderr.contains("not found"),
+        "{out:?}"
+    );
+    let _ = cd.ctr(&["containers", "rm", "side-missing"]);
+    // runc's own errors reach ctr too (here: the working directory is a file)
+    let out = cd.ctr_output(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        IN_POD,
+        "--cwd",
+        "/bin/busybox",
+        BUSYBOX,
+        "side-cwd",
+        "/bin/busybox",
+        "true",
+    ])?;
+    ensure!(
+        out.status != Some(0) && out.stderr.contains("side-cwd") && out.stderr.contains("runc"),
+        "{out:?}"
+    );
+    let _ = cd.ctr(&["containers", "rm", "side-cwd"]);
+
+    // killed with SIGKILL while running
+    let mut child = cd.ctr_spawn(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        IN_POD,
+        BUSYBOX,
+        "side-sleep",
+        "/bin/busybox",
+        "sleep",
+        "300",
+    ])?;
+    running_pid(&cd, "side-sleep")?;
+    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", "side-sleep"])?;
+    let status = child.wait()?;
+    ensure!(status.code() == Some(137), "{status:?}");
+
+    // a Wasm container in the same kind of pod still runs under wasmtime
+    let image = probe_image(&cd, P1)?;
+    let out = run(&cd, &image, "pod-wasm", &["/probe.wasm", "args", "x"])?;
+    ensure!(
+        out.status == Some(0) && out.stdout == "/probe.wasm\nargs\nx\n",
+        "{out:?}"
+    );
+    cd.assert_no_leftovers()
+}

@@ -1,0 +1,225 @@
+//! Linux containers of a Wasm pod, run through the node's `runc` from the
+//! same bundle, as containerd's own runc shim does: the pod sandbox (pause)
+//! and sidecars such as log shippers or proxies.
+//!
+//! `runc create` gets the container's stdio (the FIFOs containerd handed
+//! over) as its own, and runc passes them to the container process. The
+//! container's init process is re-parented to the shim (a child subreaper)
+//! when `runc create` exits, so its exit reaches the same reaper as a Wasm
+//! runner's. runc's own invocations are children of the shim too: their exit
+//! codes come through the [`ExitRouter`], never from `wait` (the reaper
+//! collects every child).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio as ProcessStdio};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::process::ExitRouter;
+
+/// Where runc keeps container state, per containerd namespace: the same
+/// place containerd's runc shim uses, so `runc --root … list` shows them.
+pub const RUNC_ROOT: &str = "/run/containerd/runc";
+
+/// How long one runc invocation may take.
+const RUNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The node's runc for one containerd namespace.
+#[derive(Debug, Clone)]
+pub struct Runc {
+    root: PathBuf,
+}
+
+impl Runc {
+    /// runc with its state under [`RUNC_ROOT`]/`namespace`.
+    pub fn new(namespace: &str) -> Self {
+        Runc {
+            root: Path::new(RUNC_ROOT).join(namespace),
+        }
+    }
+
+    async fn run(
+        &self,
+        call: Call<'_>,
+        args: Vec<OsString>,
+        stdio: Option<[ProcessStdio; 3]>,
+        exits: &ExitRouter,
+    ) -> Result<()> {
+        let Call {
+            id,
+            op,
+            bundle,
+            systemd_cgroup,
+        } = call;
+        let log = bundle.join("runc.log");
+        let mut cmd = Command::new("runc");
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(&log)
+            .args(["--log-format", "json"]);
+        if systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd.args(args).current_dir(bundle);
+        match stdio {
+            Some([i, o, e]) => cmd.stdin(i).stdout(o).stderr(e),
+            None => cmd
+                .stdin(ProcessStdio::null())
+                .stdout(ProcessStdio::null())
+                .stderr(ProcessStdio::null()),
+        };
+        let err = |message: String| Error::Runc {
+            id: id.to_owned(),
+            op,
+            message,
+        };
+        let child = cmd.spawn().map_err(|e| err(format!("spawn runc: {e}")))?;
+        let pid = i32::try_from(child.id()).map_err(|_| err("pid out of range".into()))?;
+        drop(child);
+        drop(cmd);
+        let exit = tokio::time::timeout(RUNC_TIMEOUT, exits.watch(pid))
+            .await
+            .map_err(|_| {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                err(format!("timed out after {RUNC_TIMEOUT:?}"))
+            })?
+            .map_err(|_| err("exit not delivered".into()))?;
+        if exit.code != 0 {
+            return Err(err(
+                last_error(&log).unwrap_or_else(|| format!("exit status {}", exit.code))
+            ));
+        }
+        Ok(())
+    }
+
+    /// `runc create`: the container process exists (its pid is returned)
+    /// and waits for `start`.
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: [ProcessStdio; 3],
+        exits: &ExitRouter,
+        systemd_cgroup: bool,
+    ) -> Result<i32> {
+        let pid_file = bundle.join("runc.pid");
+        let args = vec![
+            "create".into(),
+            "--bundle".into(),
+            bundle.as_os_str().to_owned(),
+            "--pid-file".into(),
+            pid_file.as_os_str().to_owned(),
+            id.into(),
+        ];
+        let call = Call {
+            id,
+            op: "create",
+            bundle,
+            systemd_cgroup,
+        };
+        self.run(call, args, Some(stdio), exits).await?;
+        let text = tokio::fs::read_to_string(&pid_file)
+            .await
+            .map_err(|e| Error::Runc {
+                id: id.to_owned(),
+                op: "create",
+                message: format!("read {}: {e}", pid_file.display()),
+            })?;
+        text.trim().parse().map_err(|e| Error::Runc {
+            id: id.to_owned(),
+            op: "create",
+            message: format!("pid file {}: {e}", pid_file.display()),
+        })
+    }
+
+    /// `runc start`.
+    pub async fn start(&self, id: &str, bundle: &Path, exits: &ExitRouter) -> Result<()> {
+        let args = vec!["start".into(), id.into()];
+        self.run(Call::new(id, "start", bundle), args, None, exits)
+            .await
+    }
+
+    /// `runc kill --all ID SIGNAL`: every process of the container.
+    pub async fn kill_all(
+        &self,
+        id: &str,
+        bundle: &Path,
+        signal: u32,
+        exits: &ExitRouter,
+    ) -> Result<()> {
+        let args = vec![
+            "kill".into(),
+            "--all".into(),
+            id.into(),
+            signal.to_string().into(),
+        ];
+        self.run(Call::new(id, "kill", bundle), args, None, exits)
+            .await
+    }
+
+    /// `runc delete --force`: removes runc's state and the container's cgroup.
+    pub async fn delete(&self, id: &str, bundle: &Path, exits: &ExitRouter) -> Result<()> {
+        let args = vec!["delete".into(), "--force".into(), id.into()];
+        let result = self
+            .run(Call::new(id, "delete", bundle), args, None, exits)
+            .await;
+        let _ = tokio::fs::remove_file(bundle.join("runc.pid")).await;
+        let _ = tokio::fs::remove_file(bundle.join("runc.log")).await;
+        result
+    }
+}
+
+/// Which container a runc invocation is for, and how.
+struct Call<'a> {
+    id: &'a str,
+    op: &'static str,
+    bundle: &'a Path,
+    systemd_cgroup: bool,
+}
+
+impl<'a> Call<'a> {
+    fn new(id: &'a str, op: &'static str, bundle: &'a Path) -> Self {
+        Call {
+            id,
+            op,
+            bundle,
+            systemd_cgroup: false,
+        }
+    }
+}
+
+/// The last `error` message from a runc JSON log.
+fn last_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["level"] == "error")
+        .and_then(|v| v["msg"].as_str().map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_error_from_json_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("runc.log");
+        std::fs::write(
+            &log,
+            "{\"level\":\"warning\",\"msg\":\"w\"}\n{\"level\":\"error\",\"msg\":\"first\"}\nnot json\n{\"level\":\"error\",\"msg\":\"exec: \\\"/nope\\\": no such file\"}\n{\"level\":\"info\",\"msg\":\"i\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_error(&log).as_deref(),
+            Some("exec: \"/nope\": no such file")
+        );
+        assert_eq!(last_error(&dir.path().join("missing")), None);
+    }
+}
