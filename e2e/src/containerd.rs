@@ -395,7 +395,9 @@ impl Containerd {
             .env("PATH", self.containerd_path_env())
             .env_remove("NOTIFY_SOCKET")
             .env_remove("CONTAINERD_ADDRESS")
-            .env_remove("CONTAINERD_NAMESPACE");
+            .env_remove("CONTAINERD_NAMESPACE")
+            // the shim's precompiled-module cache stays inside the test's dir
+            .env("WASMPOD_CACHE_DIR", self.dir.join("wasmpod-cache"));
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }

@@ -21,6 +21,9 @@ pub struct RunRequest {
     pub id: String,
     /// The validated plan from the container's spec.
     pub plan: RunPlan,
+    /// The node's precompiled-module cache, if enabled.
+    #[serde(default)]
+    pub cache: Option<crate::cache::CacheConfig>,
 }
 
 /// The runner's answer once it has loaded (or failed to load) the workload.
@@ -33,6 +36,12 @@ pub enum Reply {
         kind: String,
         /// The guest path the entry point resolved to.
         entrypoint: String,
+        /// `hit`, `stored` or `compiled`: what the module cache did.
+        #[serde(default)]
+        cache: String,
+        /// Problems worth a log line that did not stop the load.
+        #[serde(default)]
+        warnings: Vec<String>,
     },
     /// The workload cannot run; `message` says why.
     Failed { message: String },
@@ -70,6 +79,8 @@ mod tests {
         let ready = Reply::Ready {
             kind: "module".into(),
             entrypoint: "/app.wasm".into(),
+            cache: "hit".into(),
+            warnings: vec![],
         };
         send(&mut buf, &ready).unwrap();
         send(

@@ -24,6 +24,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::cache::{self, CacheConfig};
 use crate::sys;
 
 /// Exit code of a guest that trapped (128 + SIGABRT, like the wasmtime CLI).
@@ -116,6 +117,10 @@ pub struct Prepared {
     pub entrypoint: String,
     /// Whether it is a module or a component.
     pub kind: WasmKind,
+    /// What the module cache did: `hit`, `stored` or `compiled`.
+    pub cache_outcome: &'static str,
+    /// Cache problems that did not stop the load.
+    pub warnings: Vec<String>,
     /// Most bytes each linear memory of the guest may
     /// grow to; `memory.grow` beyond it fails and returns -1 to the guest.
     memory_budget: Option<usize>,
@@ -131,7 +136,7 @@ pub fn engine() -> Result<Engine, LoadError> {
 
 /// Finds, compiles and links the plan's entry point and builds its WASI
 /// context. Nothing of the guest runs yet.
-pub fn prepare(plan: &RunPlan) -> Result<Prepared, LoadError> {
+pub fn prepare(plan: &RunPlan, cache: Option<&CacheConfig>) -> Result<Prepared, LoadError> {
     let root = File::open(&plan.root.path).map_err(|source| LoadError::Rootfs {
         path: plan.root.path.clone(),
         source,
@@ -165,9 +170,14 @@ pub fn prepare(plan: &RunPlan) -> Result<Prepared, LoadError> {
         reason: format!("{e:#}"),
     };
     let mut builder = wasi_builder(plan)?;
+    let mut warnings = Vec::new();
+    let outcome;
     let loaded = match kind {
         WasmKind::Module => {
-            let module = Module::new(&engine, &bytes).map_err(compile_err)?;
+            let (module, o) =
+                cache::load::<Module>(cache, &engine, &bytes, &mut |w| warnings.push(w))
+                    .map_err(compile_err)?;
+            outcome = o;
             if module.get_export("_start").is_none() {
                 return Err(LoadError::Link {
                     path: entrypoint,
@@ -184,7 +194,10 @@ pub fn prepare(plan: &RunPlan) -> Result<Prepared, LoadError> {
             }
         }
         WasmKind::Component => {
-            let component = Component::new(&engine, &bytes).map_err(compile_err)?;
+            let (component, o) =
+                cache::load::<Component>(cache, &engine, &bytes, &mut |w| warnings.push(w))
+                    .map_err(compile_err)?;
+            outcome = o;
             let mut linker = wasmtime::component::Linker::<ComponentHost>::new(&engine);
             // `exit-with-code` (WASI 0.2.12) is linked too, so components
             // that use it keep their code; plain `exit` is only ok or err.
@@ -203,6 +216,12 @@ pub fn prepare(plan: &RunPlan) -> Result<Prepared, LoadError> {
         loaded,
         entrypoint,
         kind,
+        cache_outcome: match outcome {
+            cache::Outcome::Hit => "hit",
+            cache::Outcome::Stored => "stored",
+            cache::Outcome::Compiled => "compiled",
+        },
+        warnings,
         memory_budget: plan.memory_limit.map(memory_budget),
     })
 }

@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod actions;
+pub mod cache;
 pub mod cgroup;
 pub mod control;
 pub mod engine;

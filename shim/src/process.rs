@@ -101,6 +101,8 @@ pub struct Runner {
     pub kind: String,
     /// The guest path of the entry point.
     pub entrypoint: String,
+    /// What the module cache did (`hit`, `stored`, `compiled`).
+    pub cache: String,
     control: UnixStream,
 }
 
@@ -180,12 +182,23 @@ impl Runner {
                 ));
             }
             match serde_json::from_str::<Reply>(&reply) {
-                Ok(Reply::Ready { kind, entrypoint }) => Ok(Runner {
-                    pid,
+                Ok(Reply::Ready {
                     kind,
                     entrypoint,
-                    control,
-                }),
+                    cache,
+                    warnings,
+                }) => {
+                    for w in warnings {
+                        log::warn!("container {id}: {w}");
+                    }
+                    Ok(Runner {
+                        pid,
+                        kind,
+                        entrypoint,
+                        cache,
+                        control,
+                    })
+                }
                 Ok(Reply::Failed { message }) => Err(Error::Workload {
                     id: id.to_owned(),
                     message,

@@ -42,7 +42,7 @@ pub fn main() -> i32 {
     let id = req.id;
     let prepared = namespace::enter(&req.plan.namespaces)
         .map_err(|e| e.to_string())
-        .and_then(|()| engine::prepare(&req.plan).map_err(|e| e.to_string()));
+        .and_then(|()| engine::prepare(&req.plan, req.cache.as_ref()).map_err(|e| e.to_string()));
     let prepared = match prepared {
         Ok(p) => p,
         Err(message) => {
@@ -59,6 +59,8 @@ pub fn main() -> i32 {
     let ready = Reply::Ready {
         kind: kind.into(),
         entrypoint: prepared.entrypoint.clone(),
+        cache: prepared.cache_outcome.into(),
+        warnings: prepared.warnings.clone(),
     };
     if control::send(&mut writer, &ready).is_err() {
         return 2;

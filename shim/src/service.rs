@@ -33,6 +33,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::sync::{oneshot, watch, Mutex};
 
+use crate::cache::CacheConfig;
 use crate::cgroup::ContainerCgroup;
 use crate::control::RunRequest;
 use crate::error::{Error, Result};
@@ -116,6 +117,7 @@ struct Inner {
     containers: StdMutex<HashMap<String, Arc<Mutex<Container>>>>,
     exits: ExitRouter,
     runc: Runc,
+    cache: Option<CacheConfig>,
 }
 
 /// The task service containerd talks to over ttrpc.
@@ -152,6 +154,7 @@ impl Service {
                 shutdown,
                 containers: StdMutex::new(HashMap::new()),
                 exits: ExitRouter::default(),
+                cache: CacheConfig::from_env(),
             }),
         }
     }
@@ -364,6 +367,7 @@ impl Service {
                     let request = RunRequest {
                         id: id.to_owned(),
                         plan,
+                        cache: self.inner.cache.clone(),
                     };
                     let (runner, exit) = Runner::spawn(
                         &request,
@@ -373,9 +377,9 @@ impl Service {
                         cgroup.as_deref(),
                     )
                     .await?;
-                    debug!(
-                        "container {id}: runner pid {} loaded {} {} (cgroup {cgroup_path:?})",
-                        runner.pid, runner.kind, runner.entrypoint
+                    info!(
+                        "container {id}: runner pid {} loaded {} {} (module cache {}, cgroup {cgroup_path:?})",
+                        runner.pid, runner.kind, runner.entrypoint, runner.cache
                     );
                     (runner.pid, Some(runner), exit)
                 }

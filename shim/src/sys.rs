@@ -125,3 +125,26 @@ pub fn release_free_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Maps a precompiled module from the shim's cache.
+pub fn map_cached_module(
+    engine: &wasmtime::Engine,
+    path: &Path,
+) -> wasmtime::Result<wasmtime::Module> {
+    // SAFETY: wasmtime trusts precompiled code, so only trusted bytes may be
+    // loaded. This is called by `cache::lookup` only, on a file in the shim's
+    // own cache directory (root-owned, never taken from an image), whose
+    // sha256 was just checked against the digest the cache recorded when it
+    // wrote the file from its own compilation. wasmtime also checks that the
+    // artifact was made by this version with this engine configuration.
+    unsafe { wasmtime::Module::deserialize_file(engine, path) }
+}
+
+/// Maps a precompiled component from the shim's cache.
+pub fn map_cached_component(
+    engine: &wasmtime::Engine,
+    path: &Path,
+) -> wasmtime::Result<wasmtime::component::Component> {
+    // SAFETY: as for `map_cached_module`.
+    unsafe { wasmtime::component::Component::deserialize_file(engine, path) }
+}

@@ -1,0 +1,341 @@
+//! The node-local cache of precompiled modules and components.
+//!
+//! Compiling is the slowest part of starting a Wasm container. Each distinct
+//! binary is compiled once per node and engine configuration; later starts
+//! map the native code from the cache file, so every container running it
+//! shares those pages.
+//!
+//! - Key: sha256 of the Wasm bytes plus wasmtime's precompile compatibility
+//!   hash (wasmtime version and engine settings), so a shim upgrade or a
+//!   config change never loads a stale entry.
+//! - Integrity: each entry has a sidecar holding the sha256 of the artifact.
+//!   An entry whose digest does not match (corrupt, truncated, tampered) is a
+//!   miss and is removed: only what this cache wrote and still verifies is
+//!   ever loaded, and nothing precompiled ever comes from an image.
+//! - Atomic: entries are written to a temporary file in the cache directory
+//!   and renamed into place, digest first, so concurrent first starts of the
+//!   same module race harmlessly and readers never see half an entry.
+//! - Bounded: after each write the oldest entries (by last use, which a hit
+//!   refreshes) are evicted until the cache fits its size.
+//! - Best effort: a cache that cannot be created or written (read-only or
+//!   full disk) only costs a compile.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Module};
+
+use crate::sys;
+
+/// Where the shim keeps the cache unless `WASMPOD_CACHE_DIR` says otherwise.
+pub const DEFAULT_DIR: &str = "/var/lib/wasmpod/cache";
+/// Default bound on the cache's total size.
+pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
+
+/// Where the cache lives and how large it may grow; the shim reads it from
+/// its environment (`WASMPOD_CACHE_DIR`, `WASMPOD_CACHE_MAX_MB`, and
+/// `WASMPOD_CACHE_DIR=off` to disable) and hands it to each runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+impl CacheConfig {
+    /// The configuration from the shim's environment; `None` when disabled.
+    pub fn from_env() -> Option<Self> {
+        let dir = std::env::var_os("WASMPOD_CACHE_DIR").unwrap_or_else(|| DEFAULT_DIR.into());
+        if dir == "off" || dir.is_empty() {
+            return None;
+        }
+        let max_bytes = std::env::var("WASMPOD_CACHE_MAX_MB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(DEFAULT_MAX_BYTES, |mb| mb << 20);
+        Some(CacheConfig {
+            dir: dir.into(),
+            max_bytes,
+        })
+    }
+}
+
+/// What a lookup did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Loaded from a verified cache entry.
+    Hit,
+    /// Compiled, and stored for next time.
+    Stored,
+    /// Compiled; the cache could not be used (logged to the caller).
+    Compiled,
+}
+
+/// A compiled artifact kind.
+pub trait Artifact: Sized {
+    /// File name suffix of its entries.
+    const SUFFIX: &'static str;
+    /// Compiles from Wasm bytes.
+    fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Self>;
+    /// Serializes to the precompiled form.
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>>;
+    /// Maps a verified cache entry.
+    fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Self>;
+}
+
+impl Artifact for Module {
+    const SUFFIX: &'static str = "cwasm";
+    fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Self> {
+        Module::new(engine, wasm)
+    }
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        Module::serialize(self)
+    }
+    fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Self> {
+        sys::map_cached_module(engine, path)
+    }
+}
+
+impl Artifact for Component {
+    const SUFFIX: &'static str = "ccwasm";
+    fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Self> {
+        Component::new(engine, wasm)
+    }
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        Component::serialize(self)
+    }
+    fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Self> {
+        sys::map_cached_component(engine, path)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The entry name for `wasm` under `engine`.
+pub fn key(engine: &Engine, wasm: &[u8]) -> String {
+    let mut h = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{}-{:016x}", hex(&Sha256::digest(wasm)), h.finish())
+}
+
+/// Compiles `wasm`, or loads it from the cache. Compile errors are returned;
+/// cache trouble is reported through `warn` and never fails the load.
+pub fn load<A: Artifact>(
+    config: Option<&CacheConfig>,
+    engine: &Engine,
+    wasm: &[u8],
+    warn: &mut dyn FnMut(String),
+) -> wasmtime::Result<(A, Outcome)> {
+    let Some(config) = config else {
+        return Ok((A::compile(engine, wasm)?, Outcome::Compiled));
+    };
+    let name = format!("{}.{}", key(engine, wasm), A::SUFFIX);
+    let path = config.dir.join(&name);
+    let digest_path = config.dir.join(format!("{name}.sha256"));
+    if let Some(artifact) = lookup::<A>(engine, &path, &digest_path, warn) {
+        return Ok((artifact, Outcome::Hit));
+    }
+    let artifact = A::compile(engine, wasm)?;
+    match store(config, &artifact, &path, &digest_path) {
+        Ok(()) => Ok((artifact, Outcome::Stored)),
+        Err(e) => {
+            warn(format!(
+                "module cache {}: not stored: {e}",
+                config.dir.display()
+            ));
+            Ok((artifact, Outcome::Compiled))
+        }
+    }
+}
+
+fn lookup<A: Artifact>(
+    engine: &Engine,
+    path: &Path,
+    digest_path: &Path,
+    warn: &mut dyn FnMut(String),
+) -> Option<A> {
+    let want = std::fs::read_to_string(digest_path).ok()?;
+    let bytes = std::fs::read(path).ok()?;
+    if hex(&Sha256::digest(&bytes)) != want.trim() {
+        warn(format!(
+            "module cache: {} does not match its digest: discarded",
+            path.display()
+        ));
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(digest_path);
+        return None;
+    }
+    match A::load(engine, path) {
+        Ok(a) => {
+            // refresh last use for eviction
+            let _ = std::fs::File::options()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            Some(a)
+        }
+        Err(e) => {
+            warn(format!(
+                "module cache: {} rejected by wasmtime: {e}: discarded",
+                path.display()
+            ));
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(digest_path);
+            None
+        }
+    }
+}
+
+fn store<A: Artifact>(
+    config: &CacheConfig,
+    artifact: &A,
+    path: &Path,
+    digest_path: &Path,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(&config.dir)?;
+    let bytes = artifact.serialize().map_err(std::io::Error::other)?;
+    let digest = hex(&Sha256::digest(&bytes));
+    write_atomic(&config.dir, digest_path, digest.as_bytes())?;
+    write_atomic(&config.dir, path, &bytes)?;
+    evict(config);
+    Ok(())
+}
+
+fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Removes the least recently used entries until the cache fits.
+fn evict(config: &CacheConfig) {
+    let Ok(dir) = std::fs::read_dir(&config.dir) else {
+        return;
+    };
+    let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = dir
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x == "cwasm" || x == "ccwasm")
+        })
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = entries.iter().map(|e| e.1).sum();
+    entries.sort();
+    for (_, len, path) in entries {
+        if total <= config.max_bytes {
+            break;
+        }
+        let mut digest = path.clone().into_os_string();
+        digest.push(".sha256");
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(digest);
+        total = total.saturating_sub(len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAT: &str = r#"(module (func (export "_start")))"#;
+
+    fn setup(max_bytes: u64) -> (tempfile::TempDir, CacheConfig, Engine, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CacheConfig {
+            dir: dir.path().join("cache"),
+            max_bytes,
+        };
+        (dir, config, Engine::default(), wat::parse_str(WAT).unwrap())
+    }
+
+    fn no_warn() -> impl FnMut(String) {
+        |w| panic!("unexpected warning: {w}")
+    }
+
+    #[test]
+    fn miss_then_hit() {
+        let (_d, config, engine, wasm) = setup(1 << 30);
+        let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        assert_eq!(o, Outcome::Stored);
+        let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        assert_eq!(o, Outcome::Hit);
+    }
+
+    #[test]
+    fn corrupt_entry_is_a_miss_and_replaced() {
+        let (_d, config, engine, wasm) = setup(1 << 30);
+        load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        let entry = config.dir.join(format!("{}.cwasm", key(&engine, &wasm)));
+        let mut bytes = std::fs::read(&entry).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&entry, &bytes).unwrap();
+        let mut warnings = Vec::new();
+        let (_, o) =
+            load::<Module>(Some(&config), &engine, &wasm, &mut |w| warnings.push(w)).unwrap();
+        assert_eq!(o, Outcome::Stored, "{warnings:?}");
+        assert!(
+            warnings[0].contains("does not match its digest"),
+            "{warnings:?}"
+        );
+        let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        assert_eq!(o, Outcome::Hit);
+    }
+
+    #[test]
+    fn entry_without_digest_is_never_loaded() {
+        let (_d, config, engine, wasm) = setup(1 << 30);
+        std::fs::create_dir_all(&config.dir).unwrap();
+        // something that claims to be an entry, written by someone else
+        let entry = config.dir.join(format!("{}.cwasm", key(&engine, &wasm)));
+        std::fs::write(&entry, b"not native code").unwrap();
+        let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        assert_eq!(o, Outcome::Stored);
+    }
+
+    #[test]
+    fn unwritable_cache_still_compiles() {
+        let (d, _, engine, wasm) = setup(1 << 30);
+        let file = d.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let config = CacheConfig {
+            dir: file.join("cache"),
+            max_bytes: 1 << 30,
+        };
+        let mut warnings = Vec::new();
+        let (_, o) =
+            load::<Module>(Some(&config), &engine, &wasm, &mut |w| warnings.push(w)).unwrap();
+        assert_eq!(o, Outcome::Compiled);
+        assert!(warnings[0].contains("not stored"), "{warnings:?}");
+    }
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let (_d, config, engine, _) = setup(1);
+        let a = wat::parse_str(r#"(module (func (export "a")))"#).unwrap();
+        let b = wat::parse_str(r#"(module (func (export "b")))"#).unwrap();
+        load::<Module>(Some(&config), &engine, &a, &mut no_warn()).unwrap();
+        load::<Module>(Some(&config), &engine, &b, &mut no_warn()).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&config.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".cwasm"))
+            .collect();
+        // a 1-byte budget keeps nothing but what was just written... and
+        // then evicts that too: the cache never exceeds its bound
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
