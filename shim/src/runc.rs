@@ -137,6 +137,52 @@ impl Runc {
         })
     }
 
+    /// `runc exec --detach`: another process in the container, with `stdio`;
+    /// returns its pid.
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        bundle: &Path,
+        process: &oci_spec::runtime::Process,
+        stdio: [ProcessStdio; 3],
+        exits: &ExitRouter,
+    ) -> Result<i32> {
+        let err = |message: String| Error::Runc {
+            id: id.to_owned(),
+            op: "exec",
+            message,
+        };
+        let spec_path = bundle.join(format!("exec-{exec_id}.json"));
+        let pid_file = bundle.join(format!("exec-{exec_id}.pid"));
+        let json = serde_json::to_vec(process).map_err(|e| err(format!("encode process: {e}")))?;
+        tokio::fs::write(&spec_path, json)
+            .await
+            .map_err(|e| err(format!("write {}: {e}", spec_path.display())))?;
+        let args = vec![
+            "exec".into(),
+            "--detach".into(),
+            "--pid-file".into(),
+            pid_file.as_os_str().to_owned(),
+            "--process".into(),
+            spec_path.as_os_str().to_owned(),
+            id.into(),
+        ];
+        let result = self
+            .run(Call::new(id, "exec", bundle), args, Some(stdio), exits)
+            .await;
+        let pid = match result {
+            Ok(()) => tokio::fs::read_to_string(&pid_file)
+                .await
+                .map_err(|e| err(format!("read {}: {e}", pid_file.display())))
+                .and_then(|t| t.trim().parse().map_err(|e| err(format!("pid file: {e}")))),
+            Err(e) => Err(e),
+        };
+        let _ = tokio::fs::remove_file(&spec_path).await;
+        let _ = tokio::fs::remove_file(&pid_file).await;
+        pid
+    }
+
     /// `runc start`.
     pub async fn start(&self, id: &str, bundle: &Path, exits: &ExitRouter) -> Result<()> {
         let args = vec!["start".into(), id.into()];

@@ -41,6 +41,7 @@ use crate::process::{Exit, ExitRouter, Runner};
 use crate::runc::Runc;
 use crate::stdio::{Keepalive, Stdio, StdioPaths};
 use crate::{engine, rootfs};
+use wasmpod_oci::plan::NamespaceKind;
 
 /// Annotation CRI puts on every container of a pod: containers sharing it
 /// are served by one shim process.
@@ -74,6 +75,17 @@ struct Container {
     rootfs: Option<PathBuf>,
     cgroup: Option<Arc<ContainerCgroup>>,
     backend: Backend,
+    execs: HashMap<String, ExecProcess>,
+}
+
+/// A process added to a running container with `Exec` (`kubectl exec`).
+struct ExecProcess {
+    pid: i32,
+    status: Status,
+    stdio: StdioPaths,
+    exit: watch::Sender<Option<Exit>>,
+    keepalive: Keepalive,
+    process: oci_spec::runtime::Process,
 }
 
 /// What runs a container's process.
@@ -124,6 +136,14 @@ struct Inner {
 #[derive(Clone)]
 pub struct Service {
     inner: Arc<Inner>,
+}
+
+fn api_status(s: Status) -> api::Status {
+    match s {
+        Status::Created => api::Status::CREATED,
+        Status::Running => api::Status::RUNNING,
+        Status::Stopped => api::Status::STOPPED,
+    }
 }
 
 /// Removes a container's cgroup off the async runtime (it may wait briefly
@@ -193,6 +213,10 @@ impl Service {
         c.runner = None;
         // The process is gone: let readers of its output see end-of-file.
         c.keepalive = Keepalive::default();
+        // The container is over: so are the processes exec'd into it.
+        for e in c.execs.values().filter(|e| e.status == Status::Running) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(e.pid), Signal::SIGKILL);
+        }
         c.exit.send_replace(Some(exit));
         info!(
             "container {}: pid {} exited with {}",
@@ -244,6 +268,7 @@ impl Service {
                 rootfs: None,
                 cgroup: None,
                 backend: Backend::Wasm,
+                execs: HashMap::new(),
             }));
             map.insert(id.clone(), c.clone());
             c
@@ -424,11 +449,221 @@ impl Service {
         result
     }
 
+    async fn do_exec(&self, req: api::ExecProcessRequest) -> Result<()> {
+        let full_id = format!("{}/{}", req.id, req.exec_id);
+        if req.exec_id.is_empty() || req.exec_id.contains('/') || req.exec_id.starts_with('.') {
+            return Err(Error::InvalidArgument {
+                id: full_id,
+                what: "invalid exec id".into(),
+            });
+        }
+        let container = self.container(&req.id)?;
+        let mut c = container.lock().await;
+        if c.status != Status::Running {
+            return Err(c.precondition("cannot exec: the container is not running"));
+        }
+        if c.execs.contains_key(&req.exec_id) {
+            return Err(Error::AlreadyExists { id: full_id });
+        }
+        if req.terminal {
+            return Err(Error::InvalidArgument {
+                id: full_id,
+                what: "exec with a terminal is not supported (run without -t / tty)".into(),
+            });
+        }
+        let value = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(&value).map_err(|e| Error::InvalidArgument {
+                id: full_id.clone(),
+                what: format!("exec process spec: {e}"),
+            })?;
+        let (exit, _) = watch::channel(None);
+        c.execs.insert(
+            req.exec_id.clone(),
+            ExecProcess {
+                pid: 0,
+                status: Status::Created,
+                stdio: StdioPaths {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: false,
+                },
+                exit,
+                keepalive: Keepalive::default(),
+                process,
+            },
+        );
+        let ev = events::TaskExecAdded {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev))
+            .await;
+        Ok(())
+    }
+
+    /// Starts an exec'd process: for a Wasm container, another runner in the
+    /// container's cgroup and namespaces with the container's rootfs and
+    /// mounts; for a pod's Linux container, `runc exec`.
+    async fn start_exec(&self, req: api::StartRequest) -> Result<api::StartResponse> {
+        let full_id = format!("{}/{}", req.id, req.exec_id);
+        let container = self.container(&req.id)?;
+        let mut c = container.lock().await;
+        let (init_pid, backend, bundle, cgroup) =
+            (c.pid, c.backend, c.bundle.clone(), c.cgroup.clone());
+        if c.status != Status::Running {
+            return Err(c.precondition("cannot start exec: the container is not running"));
+        }
+        let e = c.execs.get(&req.exec_id).ok_or_else(|| Error::NotFound {
+            id: full_id.clone(),
+        })?;
+        if e.status != Status::Created {
+            return Err(Error::FailedPrecondition {
+                id: full_id,
+                what: "exec process already started".into(),
+            });
+        }
+        let (paths, process) = (e.stdio.clone(), e.process.clone());
+        let (child_stdio, keepalive) = Stdio::open(&full_id, &paths)?.into_parts();
+        let (pid, exit_rx) = match backend {
+            Backend::Wasm => {
+                let spec_path = bundle.join("config.json");
+                let mut spec =
+                    oci_spec::runtime::Spec::load(&spec_path).map_err(|source| Error::Spec {
+                        id: full_id.clone(),
+                        path: spec_path,
+                        source,
+                    })?;
+                spec.set_process(Some(process));
+                let mut plan =
+                    wasmpod_oci::plan::RunPlan::from_spec(&spec, &bundle).map_err(|source| {
+                        Error::Plan {
+                            id: full_id.clone(),
+                            source,
+                        }
+                    })?;
+                for ns in &mut plan.namespaces {
+                    let name = match ns.kind {
+                        NamespaceKind::Network => "net",
+                        NamespaceKind::Ipc => "ipc",
+                        NamespaceKind::Uts => "uts",
+                    };
+                    ns.path = Some(format!("/proc/{init_pid}/ns/{name}").into());
+                }
+                let request = RunRequest {
+                    id: full_id.clone(),
+                    plan,
+                    cache: self.inner.cache.clone(),
+                };
+                let (runner, exit) = Runner::spawn(
+                    &request,
+                    &bundle,
+                    child_stdio,
+                    &self.inner.exits,
+                    cgroup.as_deref(),
+                )
+                .await?;
+                let pid = runner.pid;
+                runner.start(&full_id).await?;
+                (pid, exit)
+            }
+            Backend::Runc { .. } => {
+                let pid = self
+                    .inner
+                    .runc
+                    .exec(
+                        &req.id,
+                        &req.exec_id,
+                        &bundle,
+                        &process,
+                        child_stdio,
+                        &self.inner.exits,
+                    )
+                    .await?;
+                (pid, self.inner.exits.watch(pid))
+            }
+        };
+        if let Some(e) = c.execs.get_mut(&req.exec_id) {
+            e.pid = pid;
+            e.status = Status::Running;
+            e.keepalive = keepalive;
+        }
+        info!(
+            "container {}: exec {} started, pid {pid}",
+            req.id, req.exec_id
+        );
+        let ev = events::TaskExecStarted {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            pid: pid as u32,
+            ..Default::default()
+        };
+        self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev))
+            .await;
+        drop(c);
+        let service = self.clone();
+        let exec_id = req.exec_id.clone();
+        tokio::spawn(async move {
+            if let Ok(exit) = exit_rx.await {
+                service.on_exec_exit(container, &exec_id, exit).await;
+            }
+        });
+        Ok(api::StartResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn on_exec_exit(&self, container: Arc<Mutex<Container>>, exec_id: &str, exit: Exit) {
+        let mut c = container.lock().await;
+        let id = c.id.clone();
+        let Some(e) = c.execs.get_mut(exec_id) else {
+            return;
+        };
+        e.status = Status::Stopped;
+        e.keepalive = Keepalive::default();
+        e.exit.send_replace(Some(exit));
+        info!(
+            "container {id}: exec {exec_id} pid {} exited with {}",
+            e.pid, exit.code
+        );
+        let ev = events::TaskExit {
+            container_id: id,
+            id: exec_id.to_owned(),
+            pid: e.pid as u32,
+            exit_status: exit.code,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev))
+            .await;
+    }
+
+    /// Runs `f` on an exec process of a container, or `NotFound`.
+    async fn with_exec<T>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&str, &mut ExecProcess) -> Result<T>,
+    ) -> Result<T> {
+        let container = self.container(id)?;
+        let mut c = container.lock().await;
+        let full_id = format!("{id}/{exec_id}");
+        let e = c.execs.get_mut(exec_id).ok_or_else(|| Error::NotFound {
+            id: full_id.clone(),
+        })?;
+        f(&full_id, e)
+    }
+
     async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
         if !req.exec_id.is_empty() {
-            return Err(Error::NotFound {
-                id: format!("{}/{}", req.id, req.exec_id),
-            });
+            return self.start_exec(req).await;
         }
         let container = self.container(&req.id)?;
         let mut c = container.lock().await;
@@ -468,9 +703,29 @@ impl Service {
 
     async fn do_kill(&self, req: api::KillRequest) -> Result<()> {
         if !req.exec_id.is_empty() {
-            return Err(Error::NotFound {
-                id: format!("{}/{}", req.id, req.exec_id),
-            });
+            let signal = req.signal;
+            return self
+                .with_exec(&req.id, &req.exec_id, |full_id, e| {
+                    if e.status != Status::Running {
+                        return Err(Error::ProcessFinished {
+                            id: full_id.to_owned(),
+                        });
+                    }
+                    let sig =
+                        Signal::try_from(signal as i32).map_err(|_| Error::InvalidArgument {
+                            id: full_id.to_owned(),
+                            what: format!("invalid signal {signal}"),
+                        })?;
+                    nix::sys::signal::kill(Pid::from_raw(e.pid), sig).map_err(|source| {
+                        Error::Signal {
+                            id: full_id.to_owned(),
+                            pid: e.pid,
+                            signal,
+                            source,
+                        }
+                    })
+                })
+                .await;
         }
         let container = self.container(&req.id)?;
         let c = container.lock().await;
@@ -499,8 +754,27 @@ impl Service {
 
     async fn do_delete(&self, req: api::DeleteRequest) -> Result<DeleteResponse> {
         if !req.exec_id.is_empty() {
-            return Err(Error::NotFound {
-                id: format!("{}/{}", req.id, req.exec_id),
+            let container = self.container(&req.id)?;
+            let mut c = container.lock().await;
+            let full_id = format!("{}/{}", req.id, req.exec_id);
+            let e = c.execs.get(&req.exec_id).ok_or_else(|| Error::NotFound {
+                id: full_id.clone(),
+            })?;
+            if e.status == Status::Running {
+                return Err(Error::FailedPrecondition {
+                    id: full_id,
+                    what: "cannot delete a running exec process: kill it first".into(),
+                });
+            }
+            let exit = *e.exit.borrow();
+            let pid = e.pid;
+            c.execs.remove(&req.exec_id);
+            self.inner.exits.forget(pid);
+            return Ok(DeleteResponse {
+                pid: pid as u32,
+                exit_status: exit.map_or(0, |x| x.code),
+                exited_at: MessageField::from_option(exit.map(|x| timestamp(x.at))),
+                ..Default::default()
             });
         }
         let container = self.container(&req.id)?;
@@ -582,17 +856,30 @@ impl Service {
 
     async fn do_state(&self, req: api::StateRequest) -> Result<api::StateResponse> {
         if !req.exec_id.is_empty() {
-            return Err(Error::NotFound {
-                id: format!("{}/{}", req.id, req.exec_id),
-            });
+            let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
+            let bundle = self.container(&id)?.lock().await.bundle.clone();
+            return self
+                .with_exec(&id, &exec_id, |_, e| {
+                    let exit = *e.exit.borrow();
+                    Ok(api::StateResponse {
+                        id: id.clone(),
+                        exec_id: exec_id.clone(),
+                        bundle: bundle.to_string_lossy().into_owned(),
+                        pid: e.pid as u32,
+                        status: api_status(e.status).into(),
+                        stdin: e.stdio.stdin.clone(),
+                        stdout: e.stdio.stdout.clone(),
+                        stderr: e.stdio.stderr.clone(),
+                        exit_status: exit.map_or(0, |x| x.code),
+                        exited_at: MessageField::from_option(exit.map(|x| timestamp(x.at))),
+                        ..Default::default()
+                    })
+                })
+                .await;
         }
         let container = self.container(&req.id)?;
         let c = container.lock().await;
-        let status = match c.status {
-            Status::Created => api::Status::CREATED,
-            Status::Running => api::Status::RUNNING,
-            Status::Stopped => api::Status::STOPPED,
-        };
+        let status = api_status(c.status);
         let mut resp = api::StateResponse {
             id: c.id.clone(),
             bundle: c.bundle.to_string_lossy().into_owned(),
@@ -612,15 +899,13 @@ impl Service {
     }
 
     async fn do_wait(&self, req: api::WaitRequest) -> Result<api::WaitResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(Error::NotFound {
-                id: format!("{}/{}", req.id, req.exec_id),
-            });
-        }
-        let mut rx = {
+        let mut rx = if req.exec_id.is_empty() {
             let container = self.container(&req.id)?;
             let c = container.lock().await;
             c.exit.subscribe()
+        } else {
+            self.with_exec(&req.id, &req.exec_id, |_, e| Ok(e.exit.subscribe()))
+                .await?
         };
         let exit = rx
             .wait_for(|e| e.is_some())
@@ -707,6 +992,16 @@ impl Task for Service {
         Ok(resp)
     }
 
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        info!("exec {} in container {}", req.exec_id, req.id);
+        self.do_exec(req).await?;
+        Ok(api::Empty::default())
+    }
+
     async fn stats(
         &self,
         _ctx: &TtrpcContext,
@@ -741,7 +1036,11 @@ impl Task for Service {
         let container = self.container(&req.id)?;
         let mut c = container.lock().await;
         if req.stdin {
-            c.keepalive.close_stdin();
+            if req.exec_id.is_empty() {
+                c.keepalive.close_stdin();
+            } else if let Some(e) = c.execs.get_mut(&req.exec_id) {
+                e.keepalive.close_stdin();
+            }
         }
         Ok(api::Empty::default())
     }
