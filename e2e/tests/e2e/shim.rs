@@ -179,6 +179,37 @@ fn files_from_image_and_bind_mounts() -> Result<()> {
             &["/probe.wasm", "cat", "/out/note.txt"],
         )?;
         ensure!(out.stdout == "written by wasm", "{out:?}");
+
+        // root.readonly (`ctr run --read-only`): the image can be read, not written
+        let out = run(
+            cd,
+            &["--read-only"],
+            image,
+            &format!("rootro-{t}"),
+            &["/probe.wasm", "write", "/data/new.txt", "x"],
+        )?;
+        ensure!(
+            out.status == Some(1),
+            "write to a read-only root must fail: {out:?}"
+        );
+        ensure!(out.stderr.contains("probe: write /data/new.txt"), "{out:?}");
+        let out = run(
+            cd,
+            &["--read-only"],
+            image,
+            &format!("rootro-read-{t}"),
+            &["/probe.wasm", "cat", "/data/greeting.txt"],
+        )?;
+        ensure!(out.stdout == "hello from the image\n", "{out:?}");
+        // and without --read-only the same write succeeds
+        let out = run(
+            cd,
+            &[],
+            image,
+            &format!("rootrw-{t}"),
+            &["/probe.wasm", "write", "/data/new.txt", "x"],
+        )?;
+        ensure!(out.status == Some(0), "{out:?}");
         Ok(())
     })
 }
