@@ -989,6 +989,13 @@ impl Task for Service {
                     ..Default::default()
                 });
         }
+        for e in c.execs.values().filter(|e| e.status == Status::Running) {
+            resp.processes
+                .push(containerd_shim::protos::types::task::ProcessInfo {
+                    pid: e.pid as u32,
+                    ..Default::default()
+                });
+        }
         Ok(resp)
     }
 

@@ -116,6 +116,12 @@ fn exec_into_wasm_containers() -> Result<()> {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         };
+        let ps = cd.ctr(&["tasks", "ps", &id])?;
+        ensure!(
+            ps.lines()
+                .any(|l| l.split_whitespace().next() == Some(&exec_pid.to_string())),
+            "{t}: ctr tasks ps does not list exec pid {exec_pid}: {ps}"
+        );
         let ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/net"));
         ensure!(
             ns(exec_pid)? == ns(init)?,
