@@ -5,7 +5,7 @@
 use anyhow::{ensure, Result};
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
-use crate::common::{probe_image, P1, P2, RUNTIME};
+use crate::common::{probe_image, run, P1, P2};
 
 fn log_count(cd: &Containerd, needle: &str) -> Result<usize> {
     let log = std::fs::read_to_string(cd.log_path())?;
@@ -19,19 +19,8 @@ fn compiles_once_then_loads_from_the_cache() -> Result<()> {
     for target in [P1, P2] {
         let t = &target[10..];
         let image = probe_image(&cd, target)?;
-        let run = |id: &str| {
-            cd.ctr_output(&[
-                "run",
-                "--rm",
-                "--runtime",
-                RUNTIME,
-                &image,
-                id,
-                "/probe.wasm",
-                "args",
-            ])
-        };
-        let out = run(&format!("cache-a-{t}"))?;
+        let args_run = |id: &str| run(&cd, &[], &image, id, &["/probe.wasm", "args"]);
+        let out = args_run(&format!("cache-a-{t}"))?;
         ensure!(out.status == Some(0), "{out:?}");
         ensure!(
             log_count(&cd, &format!("cache-a-{t}: runner pid"))? == 1,
@@ -41,7 +30,7 @@ fn compiles_once_then_loads_from_the_cache() -> Result<()> {
             log_count(&cd, "module cache stored")? >= 1,
             "first start did not store"
         );
-        let out = run(&format!("cache-b-{t}"))?;
+        let out = args_run(&format!("cache-b-{t}"))?;
         ensure!(out.status == Some(0), "{out:?}");
         let log = std::fs::read_to_string(cd.log_path())?;
         ensure!(
@@ -82,16 +71,7 @@ fn compiles_once_then_loads_from_the_cache() -> Result<()> {
     bytes[mid] ^= 0x5a;
     std::fs::write(entry, &bytes)?;
     let image = probe_image(&cd, P1)?;
-    let out = cd.ctr_output(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        &image,
-        "cache-corrupt",
-        "/probe.wasm",
-        "args",
-    ])?;
+    let out = run(&cd, &[], &image, "cache-corrupt", &["/probe.wasm", "args"])?;
     ensure!(
         out.status == Some(0) && out.stdout.starts_with("/probe.wasm\n"),
         "{out:?}"

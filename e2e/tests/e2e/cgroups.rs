@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
-use crate::common::{probe_image, running_pid, P1, P2, RUNTIME};
+use crate::common::{probe_image, run, running_pid, P1, P2, RUNTIME};
 
 fn read(path: &str) -> Result<String> {
     Ok(std::fs::read_to_string(path)
@@ -110,19 +110,13 @@ fn memory_bomb_fails_cleanly_inside_the_limit() -> Result<()> {
     for target in [P1, P2] {
         let image = probe_image(&cd, target)?;
         let id = format!("bomb-{}", &target[10..]);
-        let out = cd.ctr_output(&[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--memory-limit",
-            &(64u64 << 20).to_string(),
+        let out = run(
+            &cd,
+            &["--memory-limit", &(64u64 << 20).to_string()],
             &image,
             &id,
-            "/probe.wasm",
-            "alloc",
-            "512",
-        ])?;
+            &["/probe.wasm", "alloc", "512"],
+        )?;
         // memory.grow fails inside wasmtime (store limiter) before the kernel
         // OOM killer is needed: Rust's allocator reports and aborts (a trap).
         ensure!(out.status == Some(134), "{target}: {out:?}");
@@ -132,19 +126,13 @@ fn memory_bomb_fails_cleanly_inside_the_limit() -> Result<()> {
         );
 
         // within the limit the same guest runs fine
-        let out = cd.ctr_output(&[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--memory-limit",
-            &(64u64 << 20).to_string(),
+        let out = run(
+            &cd,
+            &["--memory-limit", &(64u64 << 20).to_string()],
             &image,
             &format!("{id}-ok"),
-            "/probe.wasm",
-            "alloc",
-            "16",
-        ])?;
+            &["/probe.wasm", "alloc", "16"],
+        )?;
         ensure!(
             out.status == Some(0) && out.stdout.contains("allocated 16 MiB"),
             "{target}: {out:?}"

@@ -96,3 +96,19 @@ pub fn running_pid(cd: &Containerd, id: &str) -> Result<u32> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `ctr run --rm` of `image` as `id` with extra ctr flags and guest args.
+pub fn run(
+    cd: &Containerd,
+    flags: &[&str],
+    image: &str,
+    id: &str,
+    args: &[&str],
+) -> Result<wasmpod_e2e::Output> {
+    let mut argv = vec!["run", "--rm", "--runtime", RUNTIME];
+    argv.extend_from_slice(flags);
+    argv.push(image);
+    argv.push(id);
+    argv.extend_from_slice(args);
+    cd.ctr_output(&argv)
+}

@@ -13,18 +13,7 @@ const BUSYBOX: &str = "docker.io/wasmpod-e2e/busybox:pods";
 const IN_POD: &str = "io.kubernetes.cri.container-type=container";
 
 fn run(cd: &Containerd, image: &str, id: &str, args: &[&str]) -> Result<wasmpod_e2e::Output> {
-    let mut argv = vec![
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        IN_POD,
-        image,
-        id,
-    ];
-    argv.extend_from_slice(args);
-    cd.ctr_output(&argv)
+    crate::common::run(cd, &["--annotation", IN_POD], image, id, args)
 }
 
 #[test]

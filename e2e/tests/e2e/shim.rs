@@ -10,23 +10,7 @@ use wasmpod_e2e::guests::{guest, wat_fixture};
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 use wasmpod_oci::layout::{write_image_tar, Entry, ImageSpec};
 
-use crate::common::{import, probe_image, running_pid, P1, P2, RUNTIME};
-
-/// `ctr run --rm` of `image` as `id` with extra ctr flags and guest args.
-fn run(
-    cd: &Containerd,
-    flags: &[&str],
-    image: &str,
-    id: &str,
-    args: &[&str],
-) -> Result<wasmpod_e2e::Output> {
-    let mut argv = vec!["run", "--rm", "--runtime", RUNTIME];
-    argv.extend_from_slice(flags);
-    argv.push(image);
-    argv.push(id);
-    argv.extend_from_slice(args);
-    cd.ctr_output(&argv)
-}
+use crate::common::{import, probe_image, run, running_pid, P1, P2, RUNTIME};
 
 fn both_targets(test: impl Fn(&Containerd, &str, &str) -> Result<()>) -> Result<()> {
     let cd = Containerd::start(ContainerdOptions::default())?;
