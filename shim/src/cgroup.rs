@@ -5,8 +5,12 @@
 
 use std::time::Duration;
 
-use cgroups_rs::fs::{hierarchies, Cgroup};
+use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::cpuacct::CpuAcctController;
+use cgroups_rs::fs::memory::MemController;
+use cgroups_rs::fs::{hierarchies, Cgroup, Controller};
 use cgroups_rs::CgroupPid;
+use containerd_shim::protos::cgroups::metrics::Metrics;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use oci_spec::runtime::LinuxResources;
 
@@ -108,10 +112,30 @@ impl ContainerCgroup {
             let m = containerd_shim::cgroup::collect_metrics_v2(&self.cgroup).map_err(err)?;
             containerd_shim::util::convert_to_any(Box::new(m))
         } else {
-            let m = containerd_shim::cgroup::collect_metrics(&self.cgroup).map_err(err)?;
+            let mut m = containerd_shim::cgroup::collect_metrics(&self.cgroup).map_err(err)?;
+            complete_v1_metrics(&self.cgroup, &mut m);
             containerd_shim::util::convert_to_any(Box::new(m))
         };
         any.map_err(err)
+    }
+
+    /// How many processes of this cgroup the kernel's OOM killer has
+    /// killed: `oom_kill` of `memory.oom_control` (v1, Linux 4.13+) or of
+    /// `memory.events` (v2). 0 when the memory controller or the counter is
+    /// missing.
+    pub fn oom_kills(&self) -> u64 {
+        let Some(mem) = self.cgroup.controller_of::<MemController>() else {
+            return 0;
+        };
+        let file = if self.cgroup.v2() {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(mem.path().join(file))
+            .ok()
+            .and_then(|text| counter(&text, "oom_kill"))
+            .unwrap_or(0)
     }
 
     /// Removes the cgroup. Its processes must have exited; the kernel may
@@ -132,5 +156,97 @@ impl ContainerCgroup {
             self.path
         );
         false
+    }
+}
+
+/// Fills what the shim library's v1 collection leaves out or reads with
+/// v2 names: CPU usage from `cpuacct` (nanoseconds, what CRI reports as
+/// `usage_core_nano_seconds`), throttling from v1's `cpu.stat`, and the
+/// `memory.stat` counters (RSS, page faults: kubelet's `rss_bytes`,
+/// `page_faults`, `major_page_faults`).
+fn complete_v1_metrics(cgroup: &Cgroup, m: &mut Metrics) {
+    if let Some(acct) = cgroup.controller_of::<CpuAcctController>() {
+        let a = acct.cpuacct();
+        let cpu = m.cpu.mut_or_insert_default();
+        let usage = cpu.usage.mut_or_insert_default();
+        usage.total = a.usage;
+        usage.kernel = a.usage_sys;
+        usage.user = a.usage_user;
+        usage.per_cpu = a
+            .usage_percpu
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+    }
+    if let Some(ctl) = cgroup.controller_of::<CpuController>() {
+        let stat = ctl.cpu().stat;
+        let throttling = m
+            .cpu
+            .mut_or_insert_default()
+            .throttling
+            .mut_or_insert_default();
+        throttling.periods = counter(&stat, "nr_periods").unwrap_or(0);
+        throttling.throttled_periods = counter(&stat, "nr_throttled").unwrap_or(0);
+        throttling.throttled_time = counter(&stat, "throttled_time").unwrap_or(0);
+    }
+    if let Some(mem) = cgroup.controller_of::<MemController>() {
+        let s = mem.memory_stat().stat;
+        let out = m.memory.mut_or_insert_default();
+        out.cache = s.cache;
+        out.rss = s.rss;
+        out.rss_huge = s.rss_huge;
+        out.mapped_file = s.mapped_file;
+        out.dirty = s.dirty;
+        out.writeback = s.writeback;
+        out.pg_pg_in = s.pgpgin;
+        out.pg_pg_out = s.pgpgout;
+        out.pg_fault = s.pgfault;
+        out.pg_maj_fault = s.pgmajfault;
+        out.inactive_anon = s.inactive_anon;
+        out.active_anon = s.active_anon;
+        out.inactive_file = s.inactive_file;
+        out.active_file = s.active_file;
+        out.unevictable = s.unevictable;
+        out.hierarchical_memory_limit = u64::try_from(s.hierarchical_memory_limit).unwrap_or(0);
+        out.hierarchical_swap_limit = u64::try_from(s.hierarchical_memsw_limit).unwrap_or(0);
+        out.total_cache = s.total_cache;
+        out.total_rss = s.total_rss;
+        out.total_rss_huge = s.total_rss_huge;
+        out.total_mapped_file = s.total_mapped_file;
+        out.total_dirty = s.total_dirty;
+        out.total_writeback = s.total_writeback;
+        out.total_pg_pg_in = s.total_pgpgin;
+        out.total_pg_pg_out = s.total_pgpgout;
+        out.total_pg_fault = s.total_pgfault;
+        out.total_pg_maj_fault = s.total_pgmajfault;
+        out.total_inactive_anon = s.total_inactive_anon;
+        out.total_active_anon = s.total_active_anon;
+        out.total_inactive_file = s.total_inactive_file;
+        out.total_active_file = s.total_active_file;
+        out.total_unevictable = s.total_unevictable;
+    }
+}
+
+/// The value of the `key value` line `key` of a flat-keyed cgroup file.
+fn counter(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counter;
+
+    #[test]
+    fn oom_kill_counters() {
+        // cgroup v1 memory.oom_control
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(counter(v1, "oom_kill"), Some(3));
+        // cgroup v2 memory.events: oom_group_kill must not be taken for oom_kill
+        let v2 = "low 0\nhigh 0\nmax 12\noom 2\noom_group_kill 0\noom_kill 2\n";
+        assert_eq!(counter(v2, "oom_kill"), Some(2));
+        assert_eq!(counter("oom 1\n", "oom_kill"), None);
     }
 }
