@@ -52,6 +52,9 @@ pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// whose entry point is not WebAssembly runs through runc.
 pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 
+/// Exit status of an exec process that failed to start.
+const EXEC_START_FAILED: u32 = 126;
+
 /// File in the bundle that records the runner's pid, for `delete` after a
 /// shim crash.
 pub const PID_FILE: &str = "init.pid";
@@ -74,6 +77,9 @@ struct Container {
     keepalive: Keepalive,
     rootfs: Option<PathBuf>,
     cgroup: Option<Arc<ContainerCgroup>>,
+    /// The cgroup's OOM kill count last seen: a rise at an exit means the
+    /// kernel's OOM killer ended a process of this container.
+    oom_kills: u64,
     backend: Backend,
     execs: HashMap<String, ExecProcess>,
 }
@@ -205,9 +211,34 @@ impl Service {
         }
     }
 
+    /// Publishes TaskOOM when the kernel's OOM killer has killed a process
+    /// of `c` since the last look (called at each of its processes' exits,
+    /// before their TaskExit, so CRI reports the reason `OOMKilled`).
+    async fn check_oom(&self, c: &mut Container) {
+        let Some(cg) = &c.cgroup else {
+            return;
+        };
+        let kills = cg.oom_kills();
+        if kills <= c.oom_kills {
+            return;
+        }
+        c.oom_kills = kills;
+        warn!(
+            "container {}: the kernel's OOM killer ended a process (cgroup OOM kills: {kills})",
+            c.id
+        );
+        let ev = events::TaskOOM {
+            container_id: c.id.clone(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(ev))
+            .await;
+    }
+
     /// Records the exit of a container's runner and tells containerd.
     async fn on_exit(&self, container: Arc<Mutex<Container>>, exit: Exit) {
         let mut c = container.lock().await;
+        self.check_oom(&mut c).await;
         let was = c.status;
         c.status = Status::Stopped;
         c.runner = None;
@@ -267,6 +298,7 @@ impl Service {
                 keepalive: Keepalive::default(),
                 rootfs: None,
                 cgroup: None,
+                oom_kills: 0,
                 backend: Backend::Wasm,
                 execs: HashMap::new(),
             }));
@@ -279,6 +311,7 @@ impl Service {
             Ok(launched) => {
                 let pid = launched.pid;
                 let exit_rx = launched.exit;
+                guard.oom_kills = launched.cgroup.as_ref().map_or(0, |cg| cg.oom_kills());
                 guard.cgroup = launched.cgroup;
                 guard.pid = pid;
                 guard.backend = launched.backend;
@@ -530,63 +563,83 @@ impl Service {
             });
         }
         let (paths, process) = (e.stdio.clone(), e.process.clone());
-        let (child_stdio, keepalive) = Stdio::open(&full_id, &paths)?.into_parts();
-        let (pid, exit_rx) = match backend {
-            Backend::Wasm => {
-                let spec_path = bundle.join("config.json");
-                let mut spec =
-                    oci_spec::runtime::Spec::load(&spec_path).map_err(|source| Error::Spec {
-                        id: full_id.clone(),
-                        path: spec_path,
-                        source,
-                    })?;
-                spec.set_process(Some(process));
-                let mut plan =
-                    wasmpod_oci::plan::RunPlan::from_spec(&spec, &bundle).map_err(|source| {
-                        Error::Plan {
+        let launched = async {
+            let (child_stdio, keepalive) = Stdio::open(&full_id, &paths)?.into_parts();
+            let (pid, exit_rx) = match backend {
+                Backend::Wasm => {
+                    let spec_path = bundle.join("config.json");
+                    let mut spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|source| {
+                        Error::Spec {
                             id: full_id.clone(),
+                            path: spec_path,
                             source,
                         }
                     })?;
-                for ns in &mut plan.namespaces {
-                    let name = match ns.kind {
-                        NamespaceKind::Network => "net",
-                        NamespaceKind::Ipc => "ipc",
-                        NamespaceKind::Uts => "uts",
+                    spec.set_process(Some(process));
+                    let mut plan = wasmpod_oci::plan::RunPlan::from_spec(&spec, &bundle).map_err(
+                        |source| Error::Plan {
+                            id: full_id.clone(),
+                            source,
+                        },
+                    )?;
+                    for ns in &mut plan.namespaces {
+                        let name = match ns.kind {
+                            NamespaceKind::Network => "net",
+                            NamespaceKind::Ipc => "ipc",
+                            NamespaceKind::Uts => "uts",
+                        };
+                        ns.path = Some(format!("/proc/{init_pid}/ns/{name}").into());
+                    }
+                    let request = RunRequest {
+                        id: full_id.clone(),
+                        plan,
+                        cache: self.inner.cache.clone(),
                     };
-                    ns.path = Some(format!("/proc/{init_pid}/ns/{name}").into());
-                }
-                let request = RunRequest {
-                    id: full_id.clone(),
-                    plan,
-                    cache: self.inner.cache.clone(),
-                };
-                let (runner, exit) = Runner::spawn(
-                    &request,
-                    &bundle,
-                    child_stdio,
-                    &self.inner.exits,
-                    cgroup.as_deref(),
-                )
-                .await?;
-                let pid = runner.pid;
-                runner.start(&full_id).await?;
-                (pid, exit)
-            }
-            Backend::Runc { .. } => {
-                let pid = self
-                    .inner
-                    .runc
-                    .exec(
-                        &req.id,
-                        &req.exec_id,
+                    let (runner, exit) = Runner::spawn(
+                        &request,
                         &bundle,
-                        &process,
                         child_stdio,
                         &self.inner.exits,
+                        cgroup.as_deref(),
                     )
                     .await?;
-                (pid, self.inner.exits.watch(pid))
+                    let pid = runner.pid;
+                    runner.start(&full_id).await?;
+                    (pid, exit)
+                }
+                Backend::Runc { .. } => {
+                    let pid = self
+                        .inner
+                        .runc
+                        .exec(
+                            &req.id,
+                            &req.exec_id,
+                            &bundle,
+                            &process,
+                            child_stdio,
+                            &self.inner.exits,
+                        )
+                        .await?;
+                    (pid, self.inner.exits.watch(pid))
+                }
+            };
+            Ok::<_, Error>((pid, exit_rx, keepalive))
+        }
+        .await;
+        let (pid, exit_rx, keepalive) = match launched {
+            Ok(l) => l,
+            Err(err) => {
+                // It will never run: it is over, so that Wait (containerd
+                // waits for it before deleting it) returns. 126, as a shell
+                // reports a command it found but could not execute.
+                if let Some(e) = c.execs.get_mut(&req.exec_id) {
+                    e.status = Status::Stopped;
+                    e.exit.send_replace(Some(Exit {
+                        code: EXEC_START_FAILED,
+                        at: SystemTime::now(),
+                    }));
+                }
+                return Err(err);
             }
         };
         if let Some(e) = c.execs.get_mut(&req.exec_id) {
@@ -622,6 +675,7 @@ impl Service {
 
     async fn on_exec_exit(&self, container: Arc<Mutex<Container>>, exec_id: &str, exit: Exit) {
         let mut c = container.lock().await;
+        self.check_oom(&mut c).await;
         let id = c.id.clone();
         let Some(e) = c.execs.get_mut(exec_id) else {
             return;
