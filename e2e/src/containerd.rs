@@ -78,11 +78,21 @@ pub struct ContainerdOptions {
     pub env: Vec<(String, String)>,
 }
 
+/// The directory of the containerd under test: `$WASMPOD_E2E_CONTAINERD_DIR`
+/// (e.g. trixie's 1.7 from `e2e/containerd-1.7/fetch`), else `/usr/bin`.
+pub fn containerd_dir() -> PathBuf {
+    match std::env::var_os("WASMPOD_E2E_CONTAINERD_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from("/usr/bin"),
+    }
+}
+
 impl Default for ContainerdOptions {
     fn default() -> Self {
+        let dir = containerd_dir();
         ContainerdOptions {
-            containerd_bin: PathBuf::from("/usr/bin/containerd"),
-            ctr_bin: PathBuf::from("/usr/bin/ctr"),
+            containerd_bin: dir.join("containerd"),
+            ctr_bin: dir.join("ctr"),
             cri: false,
             extra_config: String::new(),
             namespace: DEFAULT_NAMESPACE.to_string(),
@@ -105,6 +115,10 @@ pub struct Containerd {
     child: Option<Child>,
     shim_sockets_before: BTreeSet<PathBuf>,
     ids: Mutex<BTreeSet<String>>,
+    /// The CNI network of the CRI plugin (with `cri` on).
+    cni: Option<crate::cri::CniNetwork>,
+    /// Network namespaces of the pods run through CRI.
+    netns: Mutex<BTreeSet<PathBuf>>,
     shut_down: bool,
 }
 
@@ -296,11 +310,19 @@ impl Containerd {
             child: None,
             shim_sockets_before: leftovers::shim_socket_entries(),
             ids: Mutex::new(BTreeSet::new()),
+            cni: None,
+            netns: Mutex::new(BTreeSet::new()),
             shut_down: false,
         };
         // From here on, Drop cleans up whatever fails.
+        if cd.opts.cri {
+            cd.cni = Some(crate::cri::CniNetwork::claim()?);
+        }
         cd.prepare()?;
         cd.spawn()?;
+        if cd.opts.cri {
+            cd.import_pause_image()?;
+        }
         Ok(cd)
     }
 
@@ -317,6 +339,17 @@ impl Containerd {
         }
         for d in [self.root(), self.state(), self.fifo_dir()] {
             fs::create_dir_all(&d).with_context(|| format!("failed to create {}", d.display()))?;
+        }
+        if let Some(net) = &self.cni {
+            let conf_dir = self.cni_conf_dir();
+            let ipam_dir = self.dir.join("cni").join("ipam");
+            for d in [&conf_dir, &ipam_dir] {
+                fs::create_dir_all(d)
+                    .with_context(|| format!("failed to create {}", d.display()))?;
+            }
+            let path = conf_dir.join("10-wasmpod-e2e.conflist");
+            fs::write(&path, net.conflist(&ipam_dir))
+                .with_context(|| format!("failed to write {}", path.display()))?;
         }
         let config = self.config_toml();
         fs::write(self.config_path(), config)
@@ -339,6 +372,10 @@ impl Containerd {
             p(self.ttrpc_socket())
         ));
         c.push_str("\n[debug]\n  level = \"debug\"\n");
+        if self.opts.cri {
+            c.push('\n');
+            c.push_str(&crate::cri::cri_config(&self.cni_conf_dir()));
+        }
         if !self.opts.extra_config.is_empty() {
             c.push('\n');
             c.push_str(&self.opts.extra_config);
@@ -347,11 +384,16 @@ impl Containerd {
         c
     }
 
-    /// `PATH` for containerd: the shim's directory first, then the test's
+    /// `PATH` for containerd: the shim's directory first, then containerd's
+    /// own (for its runc shim), then the test's
     /// own `PATH`, then the usual system directories (runc is in `/usr/sbin`).
     fn containerd_path_env(&self) -> std::ffi::OsString {
         let mut dirs: Vec<PathBuf> = Vec::new();
         if let Some(dir) = self.shim.as_deref().and_then(Path::parent) {
+            dirs.push(dir.to_path_buf());
+        }
+        // its own runc shim (containerd-shim-runc-v2) comes with containerd
+        if let Some(dir) = self.opts.containerd_bin.parent() {
             dirs.push(dir.to_path_buf());
         }
         if let Some(path) = std::env::var_os("PATH") {
@@ -443,6 +485,63 @@ impl Containerd {
                 }
             }
             thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The CNI configuration directory (`T/cni/net.d`).
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.join("cni").join("net.d")
+    }
+
+    /// The pod network of the CRI plugin (with `cri` on).
+    pub fn cni(&self) -> Option<&crate::cri::CniNetwork> {
+        self.cni.as_ref()
+    }
+
+    /// A CRI client on this containerd (with `cri` on).
+    pub fn cri(&self) -> Result<crate::cri::Cri> {
+        if !self.opts.cri {
+            bail!("this containerd runs without its CRI plugin (set ContainerdOptions::cri)");
+        }
+        crate::cri::Cri::connect(&self.socket())
+    }
+
+    /// `ctr -n k8s.io images import` of the image tar at `tar`, then waits
+    /// until CRI lists `reference` (it learns of imports asynchronously).
+    pub fn cri_import(&self, tar: &Path, reference: &str) -> Result<()> {
+        let tar = tar.to_string_lossy();
+        let args = ["images", "import", "--all-platforms", &tar];
+        let mut cmd = self.ctr_command_in(crate::cri::CRI_NAMESPACE, &args);
+        let out = run_with_timeout(&mut cmd, None, self.opts.ctr_timeout)?;
+        if !out.success() {
+            bail!(
+                "ctr -n {} {args:?} failed (exit {:?}): {}",
+                crate::cri::CRI_NAMESPACE,
+                out.status,
+                out.stderr.trim_end()
+            );
+        }
+        let cri = self.cri()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cri.image_present(reference)? {
+            if Instant::now() >= deadline {
+                bail!("CRI does not list {reference} 10 s after its import");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Imports the locally built pause image, the `sandbox_image`.
+    fn import_pause_image(&self) -> Result<()> {
+        let tar = crate::images::pause_image(crate::cri::PAUSE_IMAGE)?;
+        self.cri_import(&tar, crate::cri::PAUSE_IMAGE)
+    }
+
+    /// Notes a pod network namespace the leftovers check must see gone.
+    pub fn track_netns(&self, path: &Path) {
+        if let Ok(mut set) = self.netns.lock() {
+            set.insert(path.to_path_buf());
         }
     }
 
@@ -541,11 +640,16 @@ impl Containerd {
     /// A `ctr` command with the address and namespace set, and `--fifo-dir
     /// T/fifo` added to `run`, `tasks start` and `tasks exec`.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
+        self.ctr_command_in(&self.opts.namespace, args)
+    }
+
+    /// [`ctr_command`](Self::ctr_command) in containerd namespace `namespace`.
+    pub fn ctr_command_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.opts.ctr_bin);
         cmd.arg("--address")
             .arg(self.socket())
             .arg("--namespace")
-            .arg(&self.opts.namespace)
+            .arg(namespace)
             .env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE");
         match fifo_dir_position(args) {
@@ -798,11 +902,29 @@ impl Containerd {
                 .into_iter()
                 .map(Leftover::Cgroup),
         );
-        out.extend(
-            leftovers::leftover_runc_state(self.namespace(), &ids)
-                .into_iter()
-                .map(Leftover::RuncState),
-        );
+        let mut namespaces = vec![self.namespace()];
+        if self.opts.cri {
+            namespaces.push(crate::cri::CRI_NAMESPACE);
+        }
+        for ns in namespaces {
+            out.extend(
+                leftovers::leftover_runc_state(ns, &ids)
+                    .into_iter()
+                    .map(Leftover::RuncState),
+            );
+        }
+        if let Ok(netns) = self.netns.lock() {
+            out.extend(
+                netns
+                    .iter()
+                    .filter(|p| p.exists())
+                    .cloned()
+                    .map(Leftover::Netns),
+            );
+        }
+        if let Some(net) = &self.cni {
+            out.extend(net.ports().into_iter().map(Leftover::PodVeth));
+        }
         Ok(out)
     }
 
@@ -816,7 +938,8 @@ impl Containerd {
     /// 4. FIFOs under `T/state` and `T/fifo`;
     /// 5. shim sockets in `/run/containerd/s` of tracked ids, or new there
     ///    since the start and held by a process of rule 1;
-    /// 6. cgroups and runc state named after tracked container ids.
+    /// 6. cgroups and runc state named after tracked container ids;
+    /// 7. with CRI: the pods' network namespaces, and veths on the bridge.
     pub fn assert_no_leftovers(&self) -> Result<()> {
         let deadline = Instant::now() + LEFTOVER_GRACE;
         loop {
@@ -911,8 +1034,16 @@ impl Containerd {
         for cg in leftovers::leftover_cgroups(&ids) {
             let _ = fs::remove_dir(&cg);
         }
-        for dir in leftovers::leftover_runc_state(self.namespace(), &ids) {
-            let _ = fs::remove_dir_all(&dir);
+        for ns in [self.namespace(), crate::cri::CRI_NAMESPACE] {
+            for dir in leftovers::leftover_runc_state(ns, &ids) {
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+        if let Ok(netns) = self.netns.lock() {
+            for p in netns.iter().filter(|p| p.exists()) {
+                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+                let _ = fs::remove_file(p);
+            }
         }
         for id in &ids {
             let sock = leftovers::shim_socket_path(&self.socket(), self.namespace(), id);

@@ -3,6 +3,9 @@
 //! The guest crate is built once per test process for both WASI targets, and
 //! a file lock (`target/guests/.lock`) keeps concurrent test processes from
 //! running two builds at the same time; cargo makes the second build a no-op.
+//!
+//! The pod sandbox program of `e2e/pause` (a static Linux executable the CRI
+//! tests pack into their pause image) is built the same way.
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -65,8 +68,54 @@ pub fn guest(target: &str, name: &str) -> Result<PathBuf> {
 
 /// Runs the guests' cargo build under the cross-process lock.
 fn build_guests() -> Result<()> {
-    let target_dir = guests_target_dir();
-    std::fs::create_dir_all(&target_dir)
+    build_crate(&guests_dir(), &guests_target_dir(), &TARGETS, None)
+}
+
+/// `<workspace>/e2e/pause`, the pod sandbox program's crate.
+pub fn pause_dir() -> PathBuf {
+    workspace_root().join("e2e").join("pause")
+}
+
+/// The host target the pause program is built for.
+const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Builds the pod sandbox program (`e2e/pause`) as a static executable, once
+/// per process, and returns its path
+/// (`<workspace>/target/pause/x86_64-unknown-linux-gnu/release/wasmpod-pause`).
+pub fn pause_binary() -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target_dir = workspace_root().join("target").join("pause");
+            build_crate(
+                &pause_dir(),
+                &target_dir,
+                &[HOST_TARGET],
+                Some("-C target-feature=+crt-static"),
+            )
+            .map(|()| {
+                target_dir
+                    .join(HOST_TARGET)
+                    .join("release")
+                    .join("wasmpod-pause")
+            })
+            .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow!("building the pause program failed: {e}"))
+}
+
+/// `cargo build --release` of the crate in `dir` for `targets`, into
+/// `target_dir`, under a file lock in `target_dir` so that concurrent test
+/// processes never run two builds of it at once (the second is a no-op).
+/// `rustflags` replaces the outer build's, which never leak in.
+fn build_crate(
+    dir: &std::path::Path,
+    target_dir: &std::path::Path,
+    targets: &[&str],
+    rustflags: Option<&str>,
+) -> Result<()> {
+    std::fs::create_dir_all(target_dir)
         .with_context(|| format!("failed to create {}", target_dir.display()))?;
     let lock_path = target_dir.join(".lock");
     let lock_file = OpenOptions::new()
@@ -79,21 +128,24 @@ fn build_guests() -> Result<()> {
         .map_err(|(_, errno)| anyhow!("failed to lock {}: {errno}", lock_path.display()))?;
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = guests_dir().join("Cargo.toml");
+    let manifest = dir.join("Cargo.toml");
     let mut cmd = Command::new(cargo);
     cmd.arg("build").arg("--release");
-    for t in TARGETS {
+    for t in targets {
         cmd.arg("--target").arg(t);
     }
     cmd.arg("--manifest-path")
         .arg(&manifest)
         .arg("--target-dir")
-        .arg(&target_dir)
+        .arg(target_dir)
         // Settings of the outer (host) build must not leak into this one.
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    if let Some(flags) = rustflags {
+        cmd.env("RUSTFLAGS", flags);
+    }
     let out = run_with_timeout(&mut cmd, None, BUILD_TIMEOUT)
         .with_context(|| format!("failed to build {}", manifest.display()))?;
     if !out.success() {

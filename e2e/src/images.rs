@@ -150,3 +150,19 @@ pub fn wasm_image(reference: &str, wasm_path: &Path, in_image_path: &str) -> Res
     spec.entrypoint = vec![format!("/{inner}")];
     image_tar(&spec)
 }
+
+/// The pod sandbox image: the static pause program of `e2e/pause` as
+/// `/pause`, its entrypoint. Returns the tar's path.
+pub fn pause_image(reference: &str) -> Result<PathBuf> {
+    let binary = crate::guests::pause_binary()?;
+    let data = fs::read(&binary).with_context(|| format!("failed to read {}", binary.display()))?;
+    let entries = vec![Entry::File {
+        path: "pause".to_string(),
+        data,
+        mode: 0o755,
+    }];
+    let mut spec = base_spec(reference, entries);
+    spec.env = Vec::new();
+    spec.entrypoint = vec!["/pause".to_string()];
+    image_tar(&spec)
+}

@@ -55,6 +55,10 @@ pub enum Leftover {
     Cgroup(PathBuf),
     /// runc state of one of the test's containers under [`RUNC_ROOT`].
     RuncState(PathBuf),
+    /// A pod's network namespace file (CRI pods).
+    Netns(PathBuf),
+    /// A pod's veth still attached to the harness' CNI bridge.
+    PodVeth(String),
 }
 
 impl fmt::Display for Leftover {
@@ -72,6 +76,8 @@ impl fmt::Display for Leftover {
             Leftover::ShimSocket(p) => write!(f, "shim socket {}", p.display()),
             Leftover::Cgroup(p) => write!(f, "cgroup {}", p.display()),
             Leftover::RuncState(p) => write!(f, "runc state {}", p.display()),
+            Leftover::Netns(p) => write!(f, "network namespace {}", p.display()),
+            Leftover::PodVeth(name) => write!(f, "pod veth {name} on the CNI bridge"),
         }
     }
 }

@@ -21,6 +21,7 @@
 //!
 //! Modules:
 //! - [`containerd`]: the private containerd and the `ctr` wrappers,
+//! - [`cri`]: its CRI plugin (CNI, pause image) and a CRI client, as kubelet,
 //! - [`leftovers`]: what "nothing left behind" means, and how it is checked,
 //! - [`guests`]: building the Wasm guest programs under `e2e/guests`,
 //! - [`images`]: OCI image-layout tars for `ctr images import`,
@@ -29,12 +30,16 @@
 //! Environment variables:
 //! - `WASMPOD_SHIM`: absolute path of the `containerd-shim-wasmpod-v1` under
 //!   test (default `<workspace>/target/release/containerd-shim-wasmpod-v1`),
+//! - `WASMPOD_E2E_CONTAINERD_DIR`: directory of the `containerd` and `ctr`
+//!   under test (default `/usr/bin`, Debian's 1.6.20; `make e2e-1.7` points
+//!   it at trixie's 1.7 from `e2e/containerd-1.7/fetch`),
 //! - `WASMPOD_E2E_TMP`: where the per-test temporary directories go
 //!   (default the system temporary directory),
 //! - `WASMPOD_E2E_KEEP`: when set to a non-empty value other than `0`, the
 //!   temporary directory (with `containerd.log`) is kept after the test.
 
 pub mod containerd;
+pub mod cri;
 pub mod guests;
 pub mod images;
 pub mod leftovers;

@@ -24,6 +24,19 @@ pub fn import(
     files: Vec<(&str, Vec<u8>)>,
     entrypoint: &[&str],
 ) -> Result<()> {
+    let tar = image_tar(cd, reference, files, entrypoint)?;
+    cd.ctr(&["images", "import", &tar.to_string_lossy()])?;
+    Ok(())
+}
+
+/// Writes an image tar (in the harness' directory) holding `files` and an
+/// empty `/data`, with `entrypoint`; returns its path.
+pub fn image_tar(
+    cd: &Containerd,
+    reference: &str,
+    files: Vec<(&str, Vec<u8>)>,
+    entrypoint: &[&str],
+) -> Result<std::path::PathBuf> {
     let mut entries: Vec<Entry> = files
         .into_iter()
         .map(|(path, data)| Entry::File {
@@ -52,8 +65,7 @@ pub fn import(
         .join(format!("{}.tar", reference.replace(['/', ':'], "_")));
     let out = std::fs::File::create(&tar).with_context(|| format!("create {}", tar.display()))?;
     write_image_tar(&spec, out).context("write image")?;
-    cd.ctr(&["images", "import", &tar.to_string_lossy()])?;
-    Ok(())
+    Ok(tar)
 }
 
 /// Imports the probe guest built for `target` (with `/data/greeting.txt`)
@@ -63,16 +75,28 @@ pub fn probe_image(cd: &Containerd, target: &str) -> Result<String> {
         "docker.io/wasmpod/probe:{}",
         if target == P1 { "p1" } else { "p2" }
     );
+    import(cd, &reference, probe_files(target)?, &["/probe.wasm"])?;
+    Ok(reference)
+}
+
+/// The probe guest for `target` with `/data/greeting.txt`: (files, entrypoint).
+fn probe_files(target: &str) -> Result<Vec<(&'static str, Vec<u8>)>> {
     let wasm = std::fs::read(guest(target, "probe")?)?;
-    import(
-        cd,
-        &reference,
-        vec![
-            ("probe.wasm", wasm),
-            ("data/greeting.txt", b"hello from the image\n".to_vec()),
-        ],
-        &["/probe.wasm"],
-    )?;
+    Ok(vec![
+        ("probe.wasm", wasm),
+        ("data/greeting.txt", b"hello from the image\n".to_vec()),
+    ])
+}
+
+/// Imports the probe guest for `target` into CRI's namespace and returns the
+/// image reference.
+pub fn cri_probe_image(cd: &Containerd, target: &str) -> Result<String> {
+    let reference = format!(
+        "docker.io/wasmpod/probe:cri-{}",
+        if target == P1 { "p1" } else { "p2" }
+    );
+    let tar = image_tar(cd, &reference, probe_files(target)?, &["/probe.wasm"])?;
+    cd.cri_import(&tar, &reference)?;
     Ok(reference)
 }
 

@@ -4,6 +4,7 @@
 mod cache;
 mod cgroups;
 mod common;
+mod cri;
 mod exec;
 mod harness;
 mod network;
