@@ -4,7 +4,7 @@ CARGO ?= cargo
 CARGO_FLAGS ?= --release
 GUEST_TARGETS := --target wasm32-wasip1 --target wasm32-wasip2
 
-.PHONY: all setup build guests test e2e demo bench lint ci clean
+.PHONY: all setup build guests test e2e e2e-1.7 demo bench lint ci clean
 
 all: build
 
@@ -28,6 +28,10 @@ test:
 e2e: build guests
 	$(CARGO) test $(CARGO_FLAGS) -p wasmpod-e2e -- --test-threads=2
 
+## e2e-1.7: the same tests against containerd 1.7 (Debian trixie's package, fetched into target/, not installed)
+e2e-1.7: build guests
+	WASMPOD_E2E_CONTAINERD_DIR="$$(e2e/containerd-1.7/fetch)" $(CARGO) test $(CARGO_FLAGS) -p wasmpod-e2e --test e2e -- --test-threads=2
+
 ## demo: start a private containerd, run the hello-world Wasm container, print its output
 demo: build guests
 	$(CARGO) run $(CARGO_FLAGS) -q -p wasmpod-e2e --bin wasmpod-demo
@@ -42,7 +46,7 @@ lint:
 	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
 ## ci: everything CI runs
-ci: lint test e2e
+ci: lint test e2e e2e-1.7
 
 clean:
 	$(CARGO) clean
