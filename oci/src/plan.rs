@@ -24,11 +24,6 @@ pub enum PlanError {
     /// `process.args` is empty, so there is no entry point.
     #[error("process.args is empty: no Wasm entry point to run")]
     NoArgs,
-    /// The spec asks for a terminal, which a Wasm guest cannot drive.
-    #[error(
-        "process.terminal is set: a Wasm container has no terminal (run without -t / tty: false)"
-    )]
-    TerminalRequested,
     /// The spec has no `root` section or its path is empty.
     #[error("spec has no root filesystem path")]
     NoRoot,
@@ -120,15 +115,15 @@ pub struct RunPlan {
     /// runc). Mount, PID, user and cgroup namespaces have no meaning for a
     /// WASI guest: it sees only its preopens and no processes.
     pub namespaces: Vec<NamespacePlan>,
+    /// `process.terminal`: a Wasm guest cannot drive a terminal, so the shim
+    /// refuses it for Wasm; a pod's Linux containers get one from runc.
+    pub terminal: bool,
 }
 
 impl RunPlan {
     /// Builds the plan for the container whose bundle is at `bundle`.
     pub fn from_spec(spec: &Spec, bundle: &Path) -> Result<Self, PlanError> {
         let process = spec.process().as_ref().ok_or(PlanError::NoProcess)?;
-        if process.terminal().unwrap_or(false) {
-            return Err(PlanError::TerminalRequested);
-        }
         let args = process.args().clone().unwrap_or_default();
         match args.first() {
             None => return Err(PlanError::NoArgs),
@@ -201,6 +196,7 @@ impl RunPlan {
             cgroup,
             memory_limit,
             namespaces,
+            terminal: process.terminal().unwrap_or(false),
         })
     }
 
@@ -415,10 +411,6 @@ mod tests {
             (
                 json!({"process": {"args": [""], "cwd": "/"}, "root": {"path": "r"}}),
                 PlanError::EmptyEntrypoint,
-            ),
-            (
-                json!({"process": {"args": ["a"], "terminal": true, "cwd": "/"}, "root": {"path": "r"}}),
-                PlanError::TerminalRequested,
             ),
             (
                 json!({"process": {"args": ["a"], "cwd": "/"}}),

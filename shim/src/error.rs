@@ -54,6 +54,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A terminal (`tty`) of a Linux container or exec failed.
+    #[error("container {id}: terminal: {what}")]
+    Console { id: String, what: String },
     /// Starting or talking to the runner process failed.
     #[error("container {id}: runner process: {what}: {source}")]
     Runner {
@@ -111,7 +114,8 @@ impl Error {
             | Error::Runner { .. }
             | Error::Signal { .. }
             | Error::Cgroup { .. }
-            | Error::Runc { .. } => Code::INTERNAL,
+            | Error::Runc { .. }
+            | Error::Console { .. } => Code::INTERNAL,
         }
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! Modules: [`service`] (task API and container state), [`process`] (runner
 //! lifecycle and exit routing), [`control`] (the shim ↔ runner protocol),
+//! [`runc`] (a pod's Linux containers), [`console`] (their terminals),
 //! [`engine`] (wasmtime and WASI), [`stdio`] (containerd's FIFOs), [`rootfs`]
 //! (mounting the container filesystem), [`sys`] (every raw syscall), and
 //! [`error`] (the one mapping to ttrpc codes).
@@ -18,6 +19,7 @@
 pub mod actions;
 pub mod cache;
 pub mod cgroup;
+pub mod console;
 pub mod control;
 pub mod engine;
 pub mod error;

@@ -3,7 +3,8 @@
 //! and sidecars such as log shippers or proxies.
 //!
 //! `runc create` gets the container's stdio (the FIFOs containerd handed
-//! over) as its own, and runc passes them to the container process. The
+//! over) as its own, and runc passes them to the container process; with a
+//! terminal, runc sends the terminal instead ([`crate::console`]). The
 //! container's init process is re-parented to the shim (a child subreaper)
 //! when `runc create` exits, so its exit reaches the same reaper as a Wasm
 //! runner's. runc's own invocations are children of the shim too: their exit
@@ -17,6 +18,15 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::process::ExitRouter;
+
+/// What a runc container or exec process gets as its stdio: the FIFOs, or
+/// (with `console_socket`) a terminal runc sends to that socket.
+pub struct ProcessIo<'a> {
+    /// stdin, stdout, stderr of runc, passed on to the process.
+    pub stdio: [ProcessStdio; 3],
+    /// runc's `--console-socket`, when the process has a terminal.
+    pub console_socket: Option<&'a Path>,
+}
 
 /// Where runc keeps container state, per containerd namespace: the same
 /// place containerd's runc shim uses, so `runc --root … list` shows them.
@@ -103,19 +113,27 @@ impl Runc {
         &self,
         id: &str,
         bundle: &Path,
-        stdio: [ProcessStdio; 3],
+        io: ProcessIo<'_>,
         exits: &ExitRouter,
         systemd_cgroup: bool,
     ) -> Result<i32> {
+        let ProcessIo {
+            stdio,
+            console_socket,
+        } = io;
         let pid_file = bundle.join("runc.pid");
-        let args = vec![
+        let mut args: Vec<OsString> = vec![
             "create".into(),
             "--bundle".into(),
             bundle.as_os_str().to_owned(),
             "--pid-file".into(),
             pid_file.as_os_str().to_owned(),
-            id.into(),
         ];
+        if let Some(socket) = console_socket {
+            args.push("--console-socket".into());
+            args.push(socket.as_os_str().to_owned());
+        }
+        args.push(id.into());
         let call = Call {
             id,
             op: "create",
@@ -145,9 +163,13 @@ impl Runc {
         exec_id: &str,
         bundle: &Path,
         process: &oci_spec::runtime::Process,
-        stdio: [ProcessStdio; 3],
+        io: ProcessIo<'_>,
         exits: &ExitRouter,
     ) -> Result<i32> {
+        let ProcessIo {
+            stdio,
+            console_socket,
+        } = io;
         let err = |message: String| Error::Runc {
             id: id.to_owned(),
             op: "exec",
@@ -159,15 +181,19 @@ impl Runc {
         tokio::fs::write(&spec_path, json)
             .await
             .map_err(|e| err(format!("write {}: {e}", spec_path.display())))?;
-        let args = vec![
+        let mut args: Vec<OsString> = vec![
             "exec".into(),
             "--detach".into(),
             "--pid-file".into(),
             pid_file.as_os_str().to_owned(),
             "--process".into(),
             spec_path.as_os_str().to_owned(),
-            id.into(),
         ];
+        if let Some(socket) = console_socket {
+            args.push("--console-socket".into());
+            args.push(socket.as_os_str().to_owned());
+        }
+        args.push(id.into());
         let result = self
             .run(Call::new(id, "exec", bundle), args, Some(stdio), exits)
             .await;

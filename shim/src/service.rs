@@ -35,10 +35,11 @@ use tokio::sync::{oneshot, watch, Mutex};
 
 use crate::cache::CacheConfig;
 use crate::cgroup::ContainerCgroup;
+use crate::console::{Console, ConsoleSocket};
 use crate::control::RunRequest;
 use crate::error::{Error, Result};
 use crate::process::{Exit, ExitRouter, Runner};
-use crate::runc::Runc;
+use crate::runc::{ProcessIo, Runc};
 use crate::stdio::{Keepalive, Stdio, StdioPaths};
 use crate::{engine, rootfs};
 use wasmpod_oci::plan::NamespaceKind;
@@ -77,6 +78,8 @@ struct Container {
     keepalive: Keepalive,
     rootfs: Option<PathBuf>,
     cgroup: Option<Arc<ContainerCgroup>>,
+    /// The terminal of a Linux container created with `tty: true`.
+    console: Option<Console>,
     /// The cgroup's OOM kill count last seen: a rise at an exit means the
     /// kernel's OOM killer ended a process of this container.
     oom_kills: u64,
@@ -91,6 +94,8 @@ struct ExecProcess {
     stdio: StdioPaths,
     exit: watch::Sender<Option<Exit>>,
     keepalive: Keepalive,
+    /// The exec's terminal (`exec -t` into a Linux container).
+    console: Option<Console>,
     process: oci_spec::runtime::Process,
 }
 
@@ -112,6 +117,7 @@ struct Launched {
     keepalive: Keepalive,
     rootfs: Option<PathBuf>,
     cgroup: Option<Arc<ContainerCgroup>>,
+    console: Option<Console>,
     exit: oneshot::Receiver<Exit>,
 }
 
@@ -238,6 +244,9 @@ impl Service {
     /// Records the exit of a container's runner and tells containerd.
     async fn on_exit(&self, container: Arc<Mutex<Container>>, exit: Exit) {
         let mut c = container.lock().await;
+        if let Some(console) = &c.console {
+            console.drain().await;
+        }
         self.check_oom(&mut c).await;
         let was = c.status;
         c.status = Status::Stopped;
@@ -270,12 +279,6 @@ impl Service {
     async fn do_create(&self, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
         let id = req.id.clone();
         let bundle = PathBuf::from(&req.bundle);
-        if req.terminal {
-            return Err(Error::InvalidArgument {
-                id,
-                what: "a terminal was requested, but a Wasm container has no terminal (run without -t / tty: false)".into(),
-            });
-        }
         let placeholder = {
             let mut map = self
                 .inner
@@ -298,6 +301,7 @@ impl Service {
                 keepalive: Keepalive::default(),
                 rootfs: None,
                 cgroup: None,
+                console: None,
                 oom_kills: 0,
                 backend: Backend::Wasm,
                 execs: HashMap::new(),
@@ -313,6 +317,7 @@ impl Service {
                 let exit_rx = launched.exit;
                 guard.oom_kills = launched.cgroup.as_ref().map_or(0, |cg| cg.oom_kills());
                 guard.cgroup = launched.cgroup;
+                guard.console = launched.console;
                 guard.pid = pid;
                 guard.backend = launched.backend;
                 guard.runner = launched.runner;
@@ -322,7 +327,7 @@ impl Service {
                     stdin: req.stdin.clone(),
                     stdout: req.stdout.clone(),
                     stderr: req.stderr.clone(),
-                    terminal: false,
+                    terminal: req.terminal,
                 };
                 let ev = events::TaskCreate {
                     container_id: id.clone(),
@@ -405,7 +410,25 @@ impl Service {
                 stderr: req.stderr.clone(),
                 terminal: req.terminal,
             };
-            let (child_stdio, keepalive) = Stdio::open(id, &paths)?.into_parts();
+            if (paths.terminal || plan.terminal) && backend == Backend::Wasm {
+                return Err(Error::InvalidArgument {
+                    id: id.to_owned(),
+                    what: "a terminal was requested, but a Wasm container has no terminal (run without -t / tty: false)".into(),
+                });
+            }
+            // With a terminal, runc sends it over a socket and the process
+            // gets it as its stdio; the FIFOs are the console's to copy.
+            let console_socket = if paths.terminal {
+                Some(ConsoleSocket::new(id)?)
+            } else {
+                None
+            };
+            let (child_stdio, keepalive) = if paths.terminal {
+                Stdio::default().into_parts()
+            } else {
+                Stdio::open(id, &paths)?.into_parts()
+            };
+            let mut console = None;
             let (pid, runner, exit) = match backend {
                 Backend::Wasm => {
                     if let Some(path) = &plan.cgroup {
@@ -445,8 +468,29 @@ impl Service {
                     let pid = self
                         .inner
                         .runc
-                        .create(id, bundle, child_stdio, &self.inner.exits, systemd)
+                        .create(
+                            id,
+                            bundle,
+                            ProcessIo {
+                                stdio: child_stdio,
+                                console_socket: console_socket.as_ref().map(|c| c.path()).as_deref(),
+                            },
+                            &self.inner.exits,
+                            systemd,
+                        )
                         .await?;
+                    if let Some(socket) = console_socket {
+                        let started = socket
+                            .receive(id)
+                            .and_then(|master| Console::start(id, master, &paths));
+                        match started {
+                            Ok(c) => console = Some(c),
+                            Err(e) => {
+                                let _ = self.inner.runc.delete(id, bundle, &self.inner.exits).await;
+                                return Err(e);
+                            }
+                        }
+                    }
                     debug!("container {id}: runc container pid {pid}");
                     if let Some(path) = &plan.cgroup {
                         // runc owns this cgroup; the shim only reads it.
@@ -465,6 +509,7 @@ impl Service {
                 keepalive,
                 rootfs: mounted.clone(),
                 cgroup: cgroup.clone(),
+                console,
                 exit,
             })
         }
@@ -498,10 +543,10 @@ impl Service {
         if c.execs.contains_key(&req.exec_id) {
             return Err(Error::AlreadyExists { id: full_id });
         }
-        if req.terminal {
+        if req.terminal && c.backend == Backend::Wasm {
             return Err(Error::InvalidArgument {
                 id: full_id,
-                what: "exec with a terminal is not supported (run without -t / tty)".into(),
+                what: "exec with a terminal into a Wasm container: a Wasm program has no terminal (run without -t / tty)".into(),
             });
         }
         let value = req
@@ -524,10 +569,11 @@ impl Service {
                     stdin: req.stdin.clone(),
                     stdout: req.stdout.clone(),
                     stderr: req.stderr.clone(),
-                    terminal: false,
+                    terminal: req.terminal,
                 },
                 exit,
                 keepalive: Keepalive::default(),
+                console: None,
                 process,
             },
         );
@@ -564,7 +610,17 @@ impl Service {
         }
         let (paths, process) = (e.stdio.clone(), e.process.clone());
         let launched = async {
-            let (child_stdio, keepalive) = Stdio::open(&full_id, &paths)?.into_parts();
+            let console_socket = if paths.terminal {
+                Some(ConsoleSocket::new(&full_id)?)
+            } else {
+                None
+            };
+            let (child_stdio, keepalive) = if paths.terminal {
+                Stdio::default().into_parts()
+            } else {
+                Stdio::open(&full_id, &paths)?.into_parts()
+            };
+            let mut console = None;
             let (pid, exit_rx) = match backend {
                 Backend::Wasm => {
                     let spec_path = bundle.join("config.json");
@@ -616,17 +672,36 @@ impl Service {
                             &req.exec_id,
                             &bundle,
                             &process,
-                            child_stdio,
+                            ProcessIo {
+                                stdio: child_stdio,
+                                console_socket: console_socket
+                                    .as_ref()
+                                    .map(|c| c.path())
+                                    .as_deref(),
+                            },
                             &self.inner.exits,
                         )
                         .await?;
-                    (pid, self.inner.exits.watch(pid))
+                    let exit = self.inner.exits.watch(pid);
+                    if let Some(socket) = console_socket {
+                        let started = socket
+                            .receive(&full_id)
+                            .and_then(|master| Console::start(&full_id, master, &paths));
+                        match started {
+                            Ok(c) => console = Some(c),
+                            Err(e) => {
+                                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    (pid, exit)
                 }
             };
-            Ok::<_, Error>((pid, exit_rx, keepalive))
+            Ok::<_, Error>((pid, exit_rx, keepalive, console))
         }
         .await;
-        let (pid, exit_rx, keepalive) = match launched {
+        let (pid, exit_rx, keepalive, console) = match launched {
             Ok(l) => l,
             Err(err) => {
                 // It will never run: it is over, so that Wait (containerd
@@ -646,6 +721,7 @@ impl Service {
             e.pid = pid;
             e.status = Status::Running;
             e.keepalive = keepalive;
+            e.console = console;
         }
         info!(
             "container {}: exec {} started, pid {pid}",
@@ -675,6 +751,9 @@ impl Service {
 
     async fn on_exec_exit(&self, container: Arc<Mutex<Container>>, exec_id: &str, exit: Exit) {
         let mut c = container.lock().await;
+        if let Some(console) = c.execs.get(exec_id).and_then(|e| e.console.as_ref()) {
+            console.drain().await;
+        }
         self.check_oom(&mut c).await;
         let id = c.id.clone();
         let Some(e) = c.execs.get_mut(exec_id) else {
@@ -1089,6 +1168,28 @@ impl Task for Service {
         })
     }
 
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let container = self.container(&req.id)?;
+        let c = container.lock().await;
+        let console = if req.exec_id.is_empty() {
+            c.console.as_ref()
+        } else {
+            let e = c.execs.get(&req.exec_id).ok_or_else(|| Error::NotFound {
+                id: format!("{}/{}", req.id, req.exec_id),
+            })?;
+            e.console.as_ref()
+        };
+        // Without a terminal there is nothing to resize, as with runc.
+        if let Some(console) = console {
+            console.resize(req.width, req.height)?;
+        }
+        Ok(api::Empty::default())
+    }
+
     async fn close_io(
         &self,
         _ctx: &TtrpcContext,
@@ -1099,8 +1200,14 @@ impl Task for Service {
         if req.stdin {
             if req.exec_id.is_empty() {
                 c.keepalive.close_stdin();
+                if let Some(console) = &c.console {
+                    console.close_stdin();
+                }
             } else if let Some(e) = c.execs.get_mut(&req.exec_id) {
                 e.keepalive.close_stdin();
+                if let Some(console) = &e.console {
+                    console.close_stdin();
+                }
             }
         }
         Ok(api::Empty::default())

@@ -84,7 +84,7 @@ impl Stdio {
     }
 }
 
-fn strip_scheme(path: &str) -> std::io::Result<&str> {
+pub(crate) fn strip_scheme(path: &str) -> std::io::Result<&str> {
     if let Some(p) = path.strip_prefix("file://") {
         return Ok(p);
     }
@@ -113,7 +113,7 @@ fn open_stdin(path: &str) -> std::io::Result<(File, Option<File>)> {
     Ok((child, Some(keep)))
 }
 
-fn open_output(path: &str) -> std::io::Result<(File, Option<File>)> {
+pub(crate) fn open_output(path: &str) -> std::io::Result<(File, Option<File>)> {
     let path = Path::new(strip_scheme(path)?);
     if !is_fifo(path) {
         let file = OpenOptions::new()

@@ -136,3 +136,33 @@ pub fn run(
     argv.extend_from_slice(args);
     cd.ctr_output(&argv)
 }
+
+/// `cmd` as one shell word list (single-quoted arguments).
+pub fn shell_line(cmd: &std::process::Command) -> String {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+    std::iter::once(quote(cmd.get_program()))
+        .chain(cmd.get_args().map(quote))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `ctr ARGS` on a terminal of `rows`×`cols` (ctr's `-t` wants its
+/// stdin to be one): util-linux `script` provides it, and passes ctr's exit
+/// status on. Returns the status and the output without `\r` (both terminals
+/// turn `\n` into `\r\n`).
+pub fn ctr_on_a_terminal(
+    cd: &Containerd,
+    args: &[&str],
+    rows: u16,
+    cols: u16,
+) -> Result<(Option<i32>, String)> {
+    let line = format!(
+        "stty rows {rows} cols {cols}; exec {}",
+        shell_line(&cd.ctr_command(args))
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line, "/dev/null"]);
+    let out =
+        wasmpod_e2e::process::run_with_timeout(&mut cmd, None, std::time::Duration::from_secs(60))?;
+    Ok((out.status, out.stdout.replace('\r', "")))
+}

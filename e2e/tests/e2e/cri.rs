@@ -140,6 +140,57 @@ fn wasm_pod_beside_a_runc_pod() -> Result<()> {
 }
 
 #[test]
+fn host_mounts_with_every_propagation_mode() -> Result<()> {
+    let cd = cri_containerd()?;
+    let cri = cd.cri()?;
+    let probe = cri_probe_image(&cd, P1)?;
+    // kubelet's rslave/rshared mounts need a shared source mount
+    let host = cd.tempdir().join("hostdata");
+    std::fs::create_dir_all(&host)?;
+    std::fs::write(host.join("note.txt"), "from the node\n")?;
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    mount(
+        Some(&host),
+        &host,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    mount(
+        None::<&str>,
+        &host,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )?;
+    let result = (|| -> Result<()> {
+        let mut pod = Pod::run(&cd, &cri, Pod::config(&cd, "mounts"), HANDLER)?;
+        for (name, propagation) in [
+            ("private", api::MountPropagation::PropagationPrivate),
+            ("rslave", api::MountPropagation::PropagationHostToContainer),
+            ("rshared", api::MountPropagation::PropagationBidirectional),
+        ] {
+            let mut c = container_config(name, &probe, &[], &["cat", "/host/note.txt"]);
+            c.mounts = vec![api::Mount {
+                container_path: "/host".into(),
+                host_path: host.to_string_lossy().into_owned(),
+                readonly: true,
+                propagation: propagation as i32,
+                ..Default::default()
+            }];
+            let id = pod.start(&c)?;
+            let status = cri.wait_exited(&id, Duration::from_secs(30))?;
+            ensure!(status.exit_code == 0, "{name}: {status:?}");
+            wait_log(&pod, &c, "from the node")?;
+        }
+        pod.remove()
+    })();
+    umount2(&host, MntFlags::MNT_DETACH)?;
+    result?;
+    cd.assert_no_leftovers()
+}
+
+#[test]
 fn wasm_server_reached_from_sidecar_and_host_and_exec() -> Result<()> {
     let cd = cri_containerd()?;
     let cri = cd.cri()?;

@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 use wasmpod_e2e::images::busybox_image;
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
-use crate::common::{probe_image, running_pid, P1, RUNTIME};
+use crate::common::{ctr_on_a_terminal, probe_image, running_pid, P1, RUNTIME};
 
 const BUSYBOX: &str = "docker.io/wasmpod-e2e/busybox:pods";
 const IN_POD: &str = "io.kubernetes.cri.container-type=container";
@@ -127,6 +127,85 @@ fn linux_containers_of_a_pod_run_through_runc() -> Result<()> {
     ensure!(
         out.status == Some(0) && out.stdout == "/probe.wasm\nargs\nx\n",
         "{out:?}"
+    );
+    cd.assert_no_leftovers()
+}
+
+#[test]
+fn terminal_for_a_pods_linux_container_and_its_exec() -> Result<()> {
+    let cd = Containerd::start(ContainerdOptions::default())?;
+    cd.ctr(&[
+        "images",
+        "import",
+        "--all-platforms",
+        &busybox_image(BUSYBOX)?.to_string_lossy(),
+    ])?;
+    // the container's stdio is a terminal, of the client's size (ResizePty)
+    let id = cd.unique_id("tty");
+    let out = ctr_on_a_terminal(
+        &cd,
+        &[
+            "run",
+            "-t",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            IN_POD,
+            BUSYBOX,
+            &id,
+            "/bin/sh",
+            "-c",
+            "sleep 1; tty; stty size; echo done",
+        ],
+        33,
+        77,
+    )?;
+    ensure!(
+        out.0 == Some(0)
+            && out.1.contains("/dev/pts/0\n")
+            && out.1.contains("33 77\n")
+            && out.1.contains("done\n"),
+        "container on a terminal: {out:?}"
+    );
+
+    // exec -t into a running pod container
+    let id = cd.unique_id("tty-exec");
+    let mut long = cd.ctr_spawn(&[
+        "run",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        IN_POD,
+        BUSYBOX,
+        &id,
+        "/bin/sleep",
+        "60",
+    ])?;
+    running_pid(&cd, &id)?;
+    let out = ctr_on_a_terminal(
+        &cd,
+        &[
+            "tasks",
+            "exec",
+            "-t",
+            "--exec-id",
+            "term",
+            &id,
+            "/bin/sh",
+            "-c",
+            "sleep 1; tty; stty size; exit 4",
+        ],
+        20,
+        90,
+    );
+    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id])?;
+    let _ = long.wait();
+    cd.ctr(&["containers", "rm", &id])?;
+    let out = out?;
+    ensure!(
+        out.0 == Some(4) && out.1.contains("/dev/pts/") && out.1.contains("20 90\n"),
+        "exec -t: {out:?}"
     );
     cd.assert_no_leftovers()
 }

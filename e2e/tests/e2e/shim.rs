@@ -420,28 +420,25 @@ fn bad_inputs_get_clear_errors() -> Result<()> {
         &["bad-dir", "not a regular file"],
     )?;
     // ctr needs a console for --tty: give it a pty through script(1).
-    let ctr = cd.ctr_command(&[
-        "run",
-        "--rm",
-        "--tty",
-        "--runtime",
-        RUNTIME,
-        image,
-        "bad-tty",
-        "/probe.wasm",
-        "args",
-    ]);
-    let line = std::iter::once(ctr.get_program())
-        .chain(ctr.get_args())
-        .map(|a| format!("'{}'", a.to_string_lossy()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut script = std::process::Command::new("script");
-    script.args(["-qec", &line, "/dev/null"]);
-    let out = wasmpod_e2e::process::run_with_timeout(&mut script, None, Duration::from_secs(60))?;
-    ensure!(out.status != Some(0), "tty: should fail: {out:?}");
+    let (status, out) = crate::common::ctr_on_a_terminal(
+        &cd,
+        &[
+            "run",
+            "--rm",
+            "--tty",
+            "--runtime",
+            RUNTIME,
+            image,
+            "bad-tty",
+            "/probe.wasm",
+            "args",
+        ],
+        24,
+        80,
+    )?;
+    ensure!(status != Some(0), "tty: should fail: {out:?}");
     ensure!(
-        out.stdout.contains("bad-tty") && out.stdout.contains("terminal"),
+        out.contains("bad-tty") && out.contains("has no terminal"),
         "tty: {out:?}"
     );
     let _ = cd.ctr(&["containers", "rm", "bad-tty"]);
