@@ -237,7 +237,101 @@ fn counter(text: &str, key: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::counter;
+    use super::*;
+    use cgroups_rs::fs::pid::PidController;
+    use cgroups_rs::fs::{Hierarchy, Subsystem};
+    use containerd_shim::protos::cgroups_v2::metrics::Metrics as MetricsV2;
+    use containerd_shim::protos::protobuf::Message;
+    use std::path::PathBuf;
+
+    /// A cgroup v2 hierarchy rooted at a directory of fixture files (what
+    /// `/sys/fs/cgroup` holds on a unified node), with the cpu, memory and
+    /// pids controllers enabled.
+    #[derive(Debug)]
+    struct FixtureV2(PathBuf);
+
+    impl Hierarchy for FixtureV2 {
+        fn subsystems(&self) -> Vec<Subsystem> {
+            let (root, rel) = (self.0.clone(), PathBuf::new());
+            vec![
+                Subsystem::Cpu(CpuController::new(root.clone(), rel.clone(), true)),
+                Subsystem::Mem(MemController::new(root.clone(), rel.clone(), true)),
+                Subsystem::Pid(PidController::new(root, rel, true)),
+            ]
+        }
+        fn root(&self) -> PathBuf {
+            self.0.clone()
+        }
+        fn root_control_group(&self) -> Cgroup {
+            Cgroup::load(Box::new(FixtureV2(self.0.clone())), "")
+        }
+        fn parent_control_group(&self, path: &str) -> Cgroup {
+            let parent = std::path::Path::new(path)
+                .parent()
+                .unwrap_or(std::path::Path::new(""));
+            Cgroup::load(Box::new(FixtureV2(self.0.clone())), parent)
+        }
+        fn v2(&self) -> bool {
+            true
+        }
+    }
+
+    /// The files of one container's cgroup, as a 6.x kernel writes them
+    /// (values made up, format verbatim).
+    const V2_FILES: &[(&str, &str)] = &[
+        ("cgroup.controllers", "cpu memory pids\n"),
+        ("cgroup.procs", "4242\n"),
+        ("cpu.stat", "usage_usec 1500000\nuser_usec 1200000\nsystem_usec 300000\nnr_periods 40\nnr_throttled 7\nthrottled_usec 250000\nnr_bursts 0\nburst_usec 0\n"),
+        ("cpu.max", "50000 100000\n"),
+        ("cpu.weight", "20\n"),
+        ("memory.current", "104857600\n"),
+        ("memory.max", "268435456\n"),
+        ("memory.low", "0\n"),
+        ("memory.high", "max\n"),
+        ("memory.min", "0\n"),
+        ("memory.swap.current", "0\n"),
+        ("memory.swap.max", "max\n"),
+        ("memory.events", "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n"),
+        ("memory.stat", "anon 100663296\nfile 4194304\nkernel 1048576\nkernel_stack 16384\npagetables 204800\nsock 0\nshmem 0\nfile_mapped 0\nfile_dirty 0\nfile_writeback 0\nanon_thp 0\ninactive_anon 100663296\nactive_anon 0\ninactive_file 4194304\nactive_file 0\nunevictable 0\nslab_reclaimable 1024\nslab_unreclaimable 2048\nslab 3072\nworkingset_refault_anon 0\nworkingset_refault_file 0\nworkingset_activate_anon 0\nworkingset_activate_file 0\nworkingset_restore_anon 0\nworkingset_restore_file 0\nworkingset_nodereclaim 0\npgfault 25000\npgmajfault 3\npgrefill 0\npgscan 0\npgsteal 0\npgactivate 0\npgdeactivate 0\npglazyfree 0\npglazyfreed 0\nthp_fault_alloc 0\nthp_collapse_alloc 0\n"),
+        ("pids.current", "1\n"),
+        ("pids.max", "64\n"),
+    ];
+
+    fn fixture_cgroup(dir: &std::path::Path, rel: &str) -> ContainerCgroup {
+        let cg_dir = dir.join(rel);
+        std::fs::create_dir_all(&cg_dir).unwrap();
+        for (name, text) in V2_FILES {
+            std::fs::write(cg_dir.join(name), text).unwrap();
+        }
+        ContainerCgroup {
+            id: "c1".into(),
+            path: rel.into(),
+            cgroup: Cgroup::load(Box::new(FixtureV2(dir.to_path_buf())), rel),
+            owned: false,
+        }
+    }
+
+    #[test]
+    fn v2_stats_are_containerds_v2_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        // where the systemd driver puts a pod's container
+        let rel = "kubepods.slice/kubepods-pod1.slice/cri-containerd-c1.scope";
+        let cg = fixture_cgroup(dir.path(), rel);
+        let any = cg.stats().expect("stats of a v2 fixture");
+        assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+        let m = MetricsV2::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(m.cpu.usage_usec, 1_500_000);
+        assert_eq!(m.cpu.user_usec, 1_200_000);
+        assert_eq!(m.cpu.nr_throttled, 7);
+        assert_eq!(m.memory.usage, 104_857_600);
+        assert_eq!(m.memory.usage_limit, 268_435_456);
+        assert_eq!(m.memory.inactive_file, 4_194_304);
+        assert_eq!(m.memory.pgmajfault, 3);
+        assert_eq!(m.pids.current, 1);
+        assert_eq!(m.pids.limit, 64);
+        assert_eq!(m.memory_events.oom_kill, 2);
+        assert_eq!(cg.oom_kills(), 2);
+    }
 
     #[test]
     fn oom_kill_counters() {
