@@ -1,19 +1,28 @@
 //! `make demo`: the whole path on an embedded default. Starts a private
-//! containerd (nothing of the machine's own is touched), packages the hello
-//! guest with `wasmpod oci build`, imports it and runs it with
-//! `ctr run --runtime io.containerd.wasmpod.v1`, printing each step.
+//! containerd with its CRI plugin (nothing of the machine's own is touched),
+//! packages the hello guest with `wasmpod oci build`, runs it with
+//! `ctr run --runtime io.containerd.wasmpod.v1`, then runs it as a Kubernetes
+//! pod: a Wasm pod beside a runc pod on the same node, driven over CRI as
+//! kubelet drives it, with its log, stats and the memory-limit outcomes.
+//! Prints each step.
 
 use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use wasmpod_e2e::cri::{api, container_config, Cri, Pod, HANDLER};
 use wasmpod_e2e::guests::guest;
+use wasmpod_e2e::images::busybox_image;
 use wasmpod_e2e::{workspace_root, Containerd, ContainerdOptions, RUNTIME};
 
 const IMAGE: &str = "docker.io/wasmpod/hello:demo";
 
 fn main() -> Result<()> {
     let wasm = guest("wasm32-wasip1", "hello")?;
-    let cd = Containerd::start(ContainerdOptions::default())?;
+    let cd = Containerd::start(ContainerdOptions {
+        cri: true,
+        ..Default::default()
+    })?;
     println!("# private containerd at {}", cd.socket().display());
 
     let tar = cd.tempdir().join("hello.tar");
@@ -53,5 +62,169 @@ fn main() -> Result<()> {
     }
     cd.assert_no_leftovers()?;
     println!("# no processes, mounts, FIFOs or state left behind");
+
+    kubernetes(&cd, &tar)?;
+    cd.assert_no_leftovers()?;
+    println!("# no processes, mounts, cgroups, network namespaces, veths or shims left behind");
+    Ok(())
+}
+
+const BUSYBOX: &str = "docker.io/wasmpod-demo/busybox:1";
+const PROBE: &str = "docker.io/wasmpod-demo/probe:1";
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn memory_limit(mut c: api::ContainerConfig, bytes: i64) -> api::ContainerConfig {
+    c.linux = Some(api::LinuxContainerConfig {
+        resources: Some(api::LinuxContainerResources {
+            memory_limit_in_bytes: bytes,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+fn state_name(state: i32) -> &'static str {
+    match api::ContainerState::try_from(state) {
+        Ok(api::ContainerState::ContainerCreated) => "CREATED",
+        Ok(api::ContainerState::ContainerRunning) => "RUNNING",
+        Ok(api::ContainerState::ContainerExited) => "EXITED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Prints a container's status once it has exited.
+fn exited(cri: &Cri, name: &str, id: &str) -> Result<api::ContainerStatus> {
+    let st = cri.wait_exited(id, Duration::from_secs(60))?;
+    println!(
+        "$ ContainerStatus {name} → {} exit {} reason {}",
+        state_name(st.state),
+        st.exit_code,
+        st.reason
+    );
+    Ok(st)
+}
+
+/// The Kubernetes path over CRI: a Wasm pod and a runc pod on one node.
+fn kubernetes(cd: &Containerd, hello_tar: &str) -> Result<()> {
+    println!("\n# the Kubernetes path: CRI on the same containerd, as kubelet drives it");
+    let cri = cd.cri()?;
+    let v = cri.version()?;
+    println!(
+        "$ Version → {} {} (CRI {})",
+        v.runtime_name, v.runtime_version, v.runtime_api_version
+    );
+    cd.cri_import(std::path::Path::new(hello_tar), IMAGE)?;
+    cd.cri_import(&busybox_image(BUSYBOX)?, BUSYBOX)?;
+    let probe =
+        wasmpod_e2e::images::wasm_image(PROBE, &guest("wasm32-wasip1", "probe")?, "/probe.wasm")?;
+    cd.cri_import(&probe, PROBE)?;
+
+    let mut wasm = Pod::run(cd, &cri, Pod::config(cd, "hello-wasm"), HANDLER)?;
+    println!(
+        "$ RunPodSandbox hello-wasm (runtime handler {HANDLER}) → {} ip {}",
+        short(&wasm.id),
+        wasm.ip()?
+    );
+    let mut plain = Pod::run(cd, &cri, Pod::config(cd, "plain-runc"), "")?;
+    println!(
+        "$ RunPodSandbox plain-runc (runtime handler runc) → {} ip {}",
+        short(&plain.id),
+        plain.ip()?
+    );
+
+    let sh = container_config(
+        "sh",
+        BUSYBOX,
+        &["/bin/sh", "-c", "echo hello from runc; exec sleep 300"],
+        &[],
+    );
+    let sh_id = plain.start(&sh)?;
+    println!(
+        "$ CreateContainer+StartContainer plain-runc/sh ({BUSYBOX}) → {}",
+        short(&sh_id)
+    );
+
+    let hello = container_config("hello", IMAGE, &[], &[]);
+    let hello_id = wasm.start(&hello)?;
+    println!(
+        "$ CreateContainer+StartContainer hello-wasm/hello ({IMAGE}) → {}",
+        short(&hello_id)
+    );
+    let st = exited(&cri, "hello", &hello_id)?;
+    ensure!(st.exit_code == 0, "hello failed: {st:?}");
+    for (stream, line) in wasm.log_lines(&hello)? {
+        println!("  CRI log hello-wasm/hello: {stream} {line}");
+    }
+    let runc_state = cri.container_status(&sh_id)?.state;
+    println!(
+        "$ ContainerStatus sh → {} (the runc pod runs on meanwhile)",
+        state_name(runc_state)
+    );
+
+    // stats: a guest that holds 48 MiB
+    let mem = memory_limit(
+        container_config("mem", PROBE, &[], &["alloc", "48", "60"]),
+        128 << 20,
+    );
+    let mem_id = wasm.start(&mem)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !wasm
+        .log_lines(&mem)
+        .unwrap_or_default()
+        .iter()
+        .any(|(_, l)| l.contains("allocated"))
+    {
+        ensure!(std::time::Instant::now() < deadline, "mem never allocated");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = cri.container_stats(&mem_id)?;
+    let ws = stats
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map_or(0, |v| v.value);
+    let cpu = stats
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map_or(0, |v| v.value);
+    println!(
+        "$ ContainerStats hello-wasm/mem (alloc 48 MiB, limit 128 MiB) → working set {:.1} MiB, CPU {:.1} ms",
+        ws as f64 / 1048576.0,
+        cpu as f64 / 1e6
+    );
+    cri.stop_container(&mem_id, 2)?;
+    exited(&cri, "mem (after StopContainer, 2 s grace)", &mem_id)?;
+
+    // the memory limit, both ways
+    let bomb = memory_limit(
+        container_config("bomb", PROBE, &[], &["alloc", "512"]),
+        64 << 20,
+    );
+    let bomb_id = wasm.start(&bomb)?;
+    println!("$ CreateContainer+StartContainer hello-wasm/bomb (alloc 512 MiB, limit 64 MiB)");
+    exited(&cri, "bomb", &bomb_id)?;
+    if let Some((_, line)) = wasm
+        .log_lines(&bomb)?
+        .into_iter()
+        .find(|(_, l)| l.contains("memory"))
+    {
+        println!("  CRI log hello-wasm/bomb: {line}");
+    }
+    let hog = memory_limit(
+        container_config("hog", BUSYBOX, &["/bin/busybox", "tail", "/dev/zero"], &[]),
+        32 << 20,
+    );
+    let hog_id = wasm.start(&hog)?;
+    println!("$ CreateContainer+StartContainer hello-wasm/hog (busybox sidecar, tail /dev/zero, limit 32 MiB)");
+    exited(&cri, "hog", &hog_id)?;
+
+    wasm.remove()?;
+    plain.remove()?;
+    println!("$ StopPodSandbox + RemovePodSandbox hello-wasm, plain-runc");
     Ok(())
 }
