@@ -530,6 +530,17 @@ pub fn container_config(
     }
 }
 
+/// `config` with `memory_limit_in_bytes` set (what kubelet sends for
+/// `resources.limits.memory`).
+pub fn with_memory_limit(mut config: api::ContainerConfig, bytes: i64) -> api::ContainerConfig {
+    let linux = config.linux.get_or_insert_with(Default::default);
+    linux
+        .resources
+        .get_or_insert_with(Default::default)
+        .memory_limit_in_bytes = bytes;
+    config
+}
+
 /// A running pod sandbox of a harness' containerd and the containers created
 /// in it. Drop does not tear it down: call [`Pod::remove`] (tests check
 /// leftovers after it).

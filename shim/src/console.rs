@@ -76,6 +76,15 @@ impl ConsoleSocket {
     }
 }
 
+impl ConsoleSocket {
+    /// Receives the terminal runc sent and starts copying between it and
+    /// the FIFOs of `paths`.
+    pub fn into_console(self, id: &str, paths: &StdioPaths) -> Result<Console> {
+        let master = self.receive(id)?;
+        Console::start(id, master, paths)
+    }
+}
+
 /// A process's terminal and the copies between it and containerd's FIFOs.
 #[derive(Debug)]
 pub struct Console {

@@ -158,6 +158,22 @@ fn api_status(s: Status) -> api::Status {
     }
 }
 
+/// A process's stdio: with a terminal, runc sends it over the returned
+/// socket and the process gets it as its stdio (the FIFOs are the console's
+/// to copy); otherwise the FIFOs themselves.
+fn process_io(
+    id: &str,
+    paths: &StdioPaths,
+) -> Result<(Option<ConsoleSocket>, [std::process::Stdio; 3], Keepalive)> {
+    if paths.terminal {
+        let (stdio, keepalive) = Stdio::default().into_parts();
+        Ok((Some(ConsoleSocket::new(id)?), stdio, keepalive))
+    } else {
+        let (stdio, keepalive) = Stdio::open(id, paths)?.into_parts();
+        Ok((None, stdio, keepalive))
+    }
+}
+
 /// Removes a container's cgroup off the async runtime (it may wait briefly
 /// for the kernel to release the last process).
 async fn remove_cgroup(cg: Arc<ContainerCgroup>) {
@@ -416,18 +432,7 @@ impl Service {
                     what: "a terminal was requested, but a Wasm container has no terminal (run without -t / tty: false)".into(),
                 });
             }
-            // With a terminal, runc sends it over a socket and the process
-            // gets it as its stdio; the FIFOs are the console's to copy.
-            let console_socket = if paths.terminal {
-                Some(ConsoleSocket::new(id)?)
-            } else {
-                None
-            };
-            let (child_stdio, keepalive) = if paths.terminal {
-                Stdio::default().into_parts()
-            } else {
-                Stdio::open(id, &paths)?.into_parts()
-            };
+            let (console_socket, child_stdio, keepalive) = process_io(id, &paths)?;
             let mut console = None;
             let (pid, runner, exit) = match backend {
                 Backend::Wasm => {
@@ -480,10 +485,7 @@ impl Service {
                         )
                         .await?;
                     if let Some(socket) = console_socket {
-                        let started = socket
-                            .receive(id)
-                            .and_then(|master| Console::start(id, master, &paths));
-                        match started {
+                        match socket.into_console(id, &paths) {
                             Ok(c) => console = Some(c),
                             Err(e) => {
                                 let _ = self.inner.runc.delete(id, bundle, &self.inner.exits).await;
@@ -610,16 +612,7 @@ impl Service {
         }
         let (paths, process) = (e.stdio.clone(), e.process.clone());
         let launched = async {
-            let console_socket = if paths.terminal {
-                Some(ConsoleSocket::new(&full_id)?)
-            } else {
-                None
-            };
-            let (child_stdio, keepalive) = if paths.terminal {
-                Stdio::default().into_parts()
-            } else {
-                Stdio::open(&full_id, &paths)?.into_parts()
-            };
+            let (console_socket, child_stdio, keepalive) = process_io(&full_id, &paths)?;
             let mut console = None;
             let (pid, exit_rx) = match backend {
                 Backend::Wasm => {
@@ -684,10 +677,7 @@ impl Service {
                         .await?;
                     let exit = self.inner.exits.watch(pid);
                     if let Some(socket) = console_socket {
-                        let started = socket
-                            .receive(&full_id)
-                            .and_then(|master| Console::start(&full_id, master, &paths));
-                        match started {
+                        match socket.into_console(&full_id, &paths) {
                             Ok(c) => console = Some(c),
                             Err(e) => {
                                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);

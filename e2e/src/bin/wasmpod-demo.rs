@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use wasmpod_e2e::cri::{api, container_config, Cri, Pod, HANDLER};
+use wasmpod_e2e::cri::{api, container_config, with_memory_limit, Cri, Pod, HANDLER};
 use wasmpod_e2e::guests::guest;
 use wasmpod_e2e::images::busybox_image;
 use wasmpod_e2e::{workspace_root, Containerd, ContainerdOptions, RUNTIME};
@@ -74,17 +74,6 @@ const PROBE: &str = "docker.io/wasmpod-demo/probe:1";
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
-}
-
-fn memory_limit(mut c: api::ContainerConfig, bytes: i64) -> api::ContainerConfig {
-    c.linux = Some(api::LinuxContainerConfig {
-        resources: Some(api::LinuxContainerResources {
-            memory_limit_in_bytes: bytes,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    c
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -166,7 +155,7 @@ fn kubernetes(cd: &Containerd, hello_tar: &str) -> Result<()> {
     );
 
     // stats: a guest that holds 48 MiB
-    let mem = memory_limit(
+    let mem = with_memory_limit(
         container_config("mem", PROBE, &[], &["alloc", "48", "60"]),
         128 << 20,
     );
@@ -201,7 +190,7 @@ fn kubernetes(cd: &Containerd, hello_tar: &str) -> Result<()> {
     exited(&cri, "mem (after StopContainer, 2 s grace)", &mem_id)?;
 
     // the memory limit, both ways
-    let bomb = memory_limit(
+    let bomb = with_memory_limit(
         container_config("bomb", PROBE, &[], &["alloc", "512"]),
         64 << 20,
     );
@@ -215,7 +204,7 @@ fn kubernetes(cd: &Containerd, hello_tar: &str) -> Result<()> {
     {
         println!("  CRI log hello-wasm/bomb: {line}");
     }
-    let hog = memory_limit(
+    let hog = with_memory_limit(
         container_config("hog", BUSYBOX, &["/bin/busybox", "tail", "/dev/zero"], &[]),
         32 << 20,
     );

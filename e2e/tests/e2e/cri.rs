@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use wasmpod_e2e::cri::{api, container_config, Pod, HANDLER};
+use wasmpod_e2e::cri::{api, container_config, with_memory_limit, Pod, HANDLER};
 use wasmpod_e2e::images::busybox_image;
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
@@ -281,14 +281,10 @@ fn stats_limits_and_stop_of_a_spinning_guest() -> Result<()> {
     let probe = cri_probe_image(&cd, P1)?;
 
     let mut pod = Pod::run(&cd, &cri, Pod::config(&cd, "busy"), HANDLER)?;
-    let mut mem = container_config("mem", &probe, &[], &["alloc", "96", "300"]);
-    mem.linux = Some(api::LinuxContainerConfig {
-        resources: Some(api::LinuxContainerResources {
-            memory_limit_in_bytes: 256 << 20,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let mem = with_memory_limit(
+        container_config("mem", &probe, &[], &["alloc", "96", "300"]),
+        256 << 20,
+    );
     let mem_id = pod.start(&mem)?;
     let mut cpu = container_config("cpu", &probe, &[], &["spin"]);
     cpu.linux = Some(api::LinuxContainerConfig {
@@ -361,22 +357,12 @@ fn memory_limits_trap_cleanly_or_oom_kill() -> Result<()> {
     let cri = cd.cri()?;
     let probe = cri_probe_image(&cd, P1)?;
     let bb = busybox(&cd)?;
-    let limited = |mut c: api::ContainerConfig, bytes: i64| {
-        c.linux = Some(api::LinuxContainerConfig {
-            resources: Some(api::LinuxContainerResources {
-                memory_limit_in_bytes: bytes,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        c
-    };
     let mut pod = Pod::run(&cd, &cri, Pod::config(&cd, "mem"), HANDLER)?;
 
     // linear memory past the limit: memory.grow fails inside wasmtime, the
     // guest's allocator aborts, the container ends with a trap (134), and
     // the kernel's OOM killer never had to act
-    let bomb = limited(
+    let bomb = with_memory_limit(
         container_config("bomb", &probe, &[], &["alloc", "512"]),
         64 << 20,
     );
@@ -394,7 +380,7 @@ fn memory_limits_trap_cleanly_or_oom_kill() -> Result<()> {
     );
 
     // a Linux sidecar past its limit: the kernel OOM-kills it, CRI says so
-    let hog = limited(
+    let hog = with_memory_limit(
         container_config("hog", bb, &["/bin/busybox", "tail", "/dev/zero"], &[]),
         32 << 20,
     );

@@ -16,8 +16,8 @@ fn run(cd: &Containerd, image: &str, id: &str, args: &[&str]) -> Result<wasmpod_
     crate::common::run(cd, &["--annotation", IN_POD], image, id, args)
 }
 
-#[test]
-fn linux_containers_of_a_pod_run_through_runc() -> Result<()> {
+/// A private containerd with the static busybox image imported.
+fn containerd_with_busybox() -> Result<Containerd> {
     let cd = Containerd::start(ContainerdOptions::default())?;
     cd.ctr(&[
         "images",
@@ -25,6 +25,12 @@ fn linux_containers_of_a_pod_run_through_runc() -> Result<()> {
         "--all-platforms",
         &busybox_image(BUSYBOX)?.to_string_lossy(),
     ])?;
+    Ok(cd)
+}
+
+#[test]
+fn linux_containers_of_a_pod_run_through_runc() -> Result<()> {
+    let cd = containerd_with_busybox()?;
 
     let out = run(
         &cd,
@@ -133,13 +139,7 @@ fn linux_containers_of_a_pod_run_through_runc() -> Result<()> {
 
 #[test]
 fn terminal_for_a_pods_linux_container_and_its_exec() -> Result<()> {
-    let cd = Containerd::start(ContainerdOptions::default())?;
-    cd.ctr(&[
-        "images",
-        "import",
-        "--all-platforms",
-        &busybox_image(BUSYBOX)?.to_string_lossy(),
-    ])?;
+    let cd = containerd_with_busybox()?;
     // the container's stdio is a terminal, of the client's size (ResizePty)
     let id = cd.unique_id("tty");
     let out = ctr_on_a_terminal(
