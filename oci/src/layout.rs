@@ -18,7 +18,7 @@ use std::io::{self, Write};
 use oci_spec::image::{
     Arch, ConfigBuilder, Descriptor, ImageConfigurationBuilder, ImageIndexBuilder,
     ImageManifestBuilder, MediaType, OciLayoutBuilder, Os, PlatformBuilder, RootFsBuilder,
-    ANNOTATION_REF_NAME,
+    ANNOTATION_REF_NAME, ANNOTATION_TITLE,
 };
 use oci_spec::OciSpecError;
 use sha2::{Digest as _, Sha256};
@@ -201,6 +201,42 @@ pub enum LayoutError {
     },
 }
 
+/// One content-addressed blob of an image: a layer, a config or a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// Media type its descriptor carries.
+    pub media_type: String,
+    /// `sha256:<hex>` of `data`.
+    pub digest: String,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+impl Blob {
+    /// A blob of `data` with its digest computed.
+    pub fn new(media_type: impl Into<String>, data: Vec<u8>) -> Self {
+        Blob {
+            media_type: media_type.into(),
+            digest: sha256_digest(&data),
+            data,
+        }
+    }
+}
+
+/// Everything an image or artifact consists of: what a registry stores and
+/// what an image layout holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blobs {
+    /// The image manifest.
+    pub manifest: Blob,
+    /// The config the manifest names.
+    pub config: Blob,
+    /// The layers the manifest names, in order.
+    pub layers: Vec<Blob>,
+    /// Platform recorded for the manifest in `index.json` (os, architecture).
+    pub platform: (String, String),
+}
+
 /// Writes an OCI image-layout (index.json, oci-layout, blobs/sha256/...) as a tar stream.
 ///
 /// The image has exactly one uncompressed layer
@@ -215,47 +251,106 @@ pub enum LayoutError {
 /// invalid, or if writing to `out` fails.
 pub fn write_image_tar<W: Write>(spec: &ImageSpec, out: W) -> Result<Built, LayoutError> {
     validate_reference(&spec.reference)?;
+    write_layout_tar(&image_blobs(spec)?, &spec.reference, out)
+}
+
+/// The blobs of a classic image: one uncompressed tar layer built from
+/// `spec.entries`, its config and its manifest.
+///
+/// # Errors
+///
+/// Returns a [`LayoutError`] if the platform or an entry is invalid.
+pub fn image_blobs(spec: &ImageSpec) -> Result<Blobs, LayoutError> {
     validate_platform(&spec.os, &spec.architecture)?;
     let tree = build_tree(&spec.entries)?;
+    let layer = Blob::new(MediaType::ImageLayer.to_string(), write_layer(&tree)?);
+    let config = Blob::new(
+        MediaType::ImageConfig.to_string(),
+        image_config(spec, &layer.digest)?,
+    );
+    let manifest = manifest_blob(&config, std::slice::from_ref(&layer), &spec.annotations)?;
+    Ok(Blobs {
+        manifest,
+        config,
+        layers: vec![layer],
+        platform: (spec.os.clone(), spec.architecture.clone()),
+    })
+}
 
-    let layer = write_layer(&tree)?;
-    let layer_digest = sha256_digest(&layer);
-
-    let platform = PlatformBuilder::default()
-        .os(Os::from(spec.os.as_str()))
-        .architecture(Arch::from(spec.architecture.as_str()))
-        .build()
-        .map_err(spec_error("platform"))?;
-
-    let config = image_config(spec, &layer_digest)?;
-    let config_digest = sha256_digest(&config);
-
+/// Serializes an OCI image manifest naming `config` and `layers`.
+pub(crate) fn manifest_blob(
+    config: &Blob,
+    layers: &[Blob],
+    annotations: &BTreeMap<String, String>,
+) -> Result<Blob, LayoutError> {
+    let layer_descriptors = layers
+        .iter()
+        .map(|l| blob_descriptor(l, None))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut manifest = ImageManifestBuilder::default()
         .schema_version(2_u32)
         .media_type(MediaType::ImageManifest)
-        .config(descriptor(MediaType::ImageConfig, &config, &config_digest)?)
-        .layers(vec![descriptor(
-            MediaType::ImageLayer,
-            &layer,
-            &layer_digest,
-        )?])
+        .config(blob_descriptor(config, None)?)
+        .layers(layer_descriptors)
         .build()
         .map_err(spec_error("manifest"))?;
-    if !spec.annotations.is_empty() {
-        manifest.set_annotations(Some(spec.annotations.clone().into_iter().collect()));
+    if !annotations.is_empty() {
+        manifest.set_annotations(Some(annotations.clone().into_iter().collect()));
     }
-    let manifest = canonical_json("manifest", &manifest)?;
-    let manifest_digest = sha256_digest(&manifest);
+    Ok(Blob::new(
+        MediaType::ImageManifest.to_string(),
+        canonical_json("manifest", &manifest)?,
+    ))
+}
 
-    let mut manifest_descriptor =
-        descriptor(MediaType::ImageManifest, &manifest, &manifest_digest)?;
+/// The descriptor of a blob, with a title annotation when given.
+pub(crate) fn blob_descriptor(blob: &Blob, title: Option<&str>) -> Result<Descriptor, LayoutError> {
+    let digest = oci_spec::image::Digest::try_from(blob.digest.as_str())
+        .map_err(spec_error("descriptor"))?;
+    let mut d = Descriptor::new(
+        MediaType::from(blob.media_type.as_str()),
+        blob.data.len() as u64,
+        digest,
+    );
+    if let Some(title) = title {
+        d.set_annotations(Some(
+            [(ANNOTATION_TITLE.to_owned(), title.to_owned())]
+                .into_iter()
+                .collect(),
+        ));
+    }
+    Ok(d)
+}
+
+/// Writes `blobs` as an OCI image layout tar stream whose `index.json` names
+/// the manifest as `reference` (both `org.opencontainers.image.ref.name` and
+/// containerd's `io.containerd.image.name`), with its platform.
+///
+/// # Errors
+///
+/// Returns a [`LayoutError`] if the reference or platform is invalid, or if
+/// writing to `out` fails.
+pub fn write_layout_tar<W: Write>(
+    blobs: &Blobs,
+    reference: &str,
+    out: W,
+) -> Result<Built, LayoutError> {
+    validate_reference(reference)?;
+    let (os, architecture) = &blobs.platform;
+    validate_platform(os, architecture)?;
+    let platform = PlatformBuilder::default()
+        .os(Os::from(os.as_str()))
+        .architecture(Arch::from(architecture.as_str()))
+        .build()
+        .map_err(spec_error("platform"))?;
+    let mut manifest_descriptor = blob_descriptor(&blobs.manifest, None)?;
     manifest_descriptor.set_platform(Some(platform));
     manifest_descriptor.set_annotations(Some(
         [
-            (ANNOTATION_REF_NAME.to_owned(), spec.reference.clone()),
+            (ANNOTATION_REF_NAME.to_owned(), reference.to_owned()),
             (
                 ANNOTATION_CONTAINERD_IMAGE_NAME.to_owned(),
-                spec.reference.clone(),
+                reference.to_owned(),
             ),
         ]
         .into_iter()
@@ -276,13 +371,12 @@ pub fn write_image_tar<W: Write>(spec: &ImageSpec, out: W) -> Result<Built, Layo
     let oci_layout = canonical_json("oci-layout", &oci_layout)?;
 
     // Sorted by digest hex; a BTreeMap also drops duplicate blobs.
-    let blobs: BTreeMap<&str, &[u8]> = [
-        (hex_part(&layer_digest), layer.as_slice()),
-        (hex_part(&config_digest), config.as_slice()),
-        (hex_part(&manifest_digest), manifest.as_slice()),
-    ]
-    .into_iter()
-    .collect();
+    let all: BTreeMap<&str, &[u8]> = blobs
+        .layers
+        .iter()
+        .chain([&blobs.config, &blobs.manifest])
+        .map(|b| (hex_part(&b.digest), b.data.as_slice()))
+        .collect();
 
     let mut archive = tar::Builder::new(CountingWriter {
         inner: out,
@@ -291,7 +385,7 @@ pub fn write_image_tar<W: Write>(spec: &ImageSpec, out: W) -> Result<Built, Layo
     let outer = "image layout";
     append_dir(&mut archive, outer, "blobs/", IMPLICIT_DIR_MODE)?;
     append_dir(&mut archive, outer, "blobs/sha256/", IMPLICIT_DIR_MODE)?;
-    for (hex, data) in blobs {
+    for (hex, data) in all {
         append_file(
             &mut archive,
             outer,
@@ -314,10 +408,135 @@ pub fn write_image_tar<W: Write>(spec: &ImageSpec, out: W) -> Result<Built, Layo
     })?;
 
     Ok(Built {
-        manifest_digest,
-        config_digest,
-        layer_digests: vec![layer_digest],
+        manifest_digest: blobs.manifest.digest.clone(),
+        config_digest: blobs.config.digest.clone(),
+        layer_digests: blobs.layers.iter().map(|l| l.digest.clone()).collect(),
         size: counted.count,
+    })
+}
+
+/// Why an image layout could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The tar stream could not be read.
+    #[error("read the image layout: {0}")]
+    Io(#[from] io::Error),
+    /// The layout is incomplete or inconsistent.
+    #[error("image layout: {0}")]
+    Invalid(String),
+}
+
+/// An image read back from an image-layout tar by [`read_layout_tar`].
+#[derive(Debug, Clone)]
+pub struct LayoutImage {
+    /// The name `index.json` gives it (`io.containerd.image.name`, else
+    /// `org.opencontainers.image.ref.name`).
+    pub reference: Option<String>,
+    /// Its manifest, config and layers, each checked against its digest.
+    pub blobs: Blobs,
+}
+
+/// Reads an OCI image-layout tar holding one image (or an index whose Wasm
+/// manifest is chosen as the shim would). Every blob is checked against its
+/// digest and size. Holds the whole layout in memory.
+///
+/// # Errors
+///
+/// I/O errors, a missing or malformed `index.json`, manifest or config, a
+/// missing blob, or a blob whose content does not match its digest.
+pub fn read_layout_tar<R: io::Read>(input: R) -> Result<LayoutImage, ReadError> {
+    use crate::artifact::{choose_manifest, parse_document, Document};
+    let invalid = |m: String| ReadError::Invalid(m);
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut archive = tar::Archive::new(input);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type() != EntryType::Regular {
+            continue;
+        }
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_owned();
+        let mut data = Vec::new();
+        io::Read::read_to_end(&mut entry, &mut data)?;
+        files.insert(path, data);
+    }
+    let index = files
+        .get("index.json")
+        .ok_or_else(|| invalid("no index.json: not an OCI image layout".into()))?;
+    let Document::Index(index) = parse_document(index).map_err(|e| invalid(e.to_string()))? else {
+        return Err(invalid("index.json is not an image index".into()));
+    };
+    let blob = |d: &Descriptor| -> Result<Blob, ReadError> {
+        let digest = d.digest().to_string();
+        let data = files
+            .get(&format!("blobs/sha256/{}", hex_part(&digest)))
+            .ok_or_else(|| invalid(format!("blob {digest} is missing")))?;
+        let blob = Blob::new(d.media_type().to_string(), data.clone());
+        if blob.digest != digest || data.len() as u64 != d.size() {
+            return Err(invalid(format!(
+                "blob {digest} does not match its descriptor (content is {}, {} bytes)",
+                blob.digest,
+                data.len()
+            )));
+        }
+        Ok(blob)
+    };
+    let mut top = match index.manifests().as_slice() {
+        [one] => one.clone(),
+        [] => return Err(invalid("index.json lists no image".into())),
+        _ => choose_manifest(&index)
+            .map_err(|e| invalid(e.to_string()))?
+            .clone(),
+    };
+    let reference = top.annotations().as_ref().and_then(|a| {
+        a.get(ANNOTATION_CONTAINERD_IMAGE_NAME)
+            .or_else(|| a.get(ANNOTATION_REF_NAME))
+            .cloned()
+    });
+    let mut manifest_blob = blob(&top)?;
+    if let Document::Index(nested) =
+        parse_document(&manifest_blob.data).map_err(|e| invalid(e.to_string()))?
+    {
+        top = choose_manifest(&nested)
+            .map_err(|e| invalid(e.to_string()))?
+            .clone();
+        manifest_blob = blob(&top)?;
+    }
+    let Document::Manifest(manifest) =
+        parse_document(&manifest_blob.data).map_err(|e| invalid(e.to_string()))?
+    else {
+        return Err(invalid("nested image indexes".into()));
+    };
+    let config = blob(manifest.config())?;
+    let layers = manifest
+        .layers()
+        .iter()
+        .map(blob)
+        .collect::<Result<Vec<_>, _>>()?;
+    let platform = match top.platform() {
+        Some(p) => (p.os().to_string(), p.architecture().to_string()),
+        None => {
+            let v: serde_json::Value = serde_json::from_slice(&config.data).unwrap_or_default();
+            let field = |k: &str| {
+                v.get(k)
+                    .and_then(|x| x.as_str())
+                    .unwrap_or("unknown")
+                    .to_owned()
+            };
+            (field("os"), field("architecture"))
+        }
+    };
+    Ok(LayoutImage {
+        reference,
+        blobs: Blobs {
+            manifest: manifest_blob,
+            config,
+            layers,
+            platform,
+        },
     })
 }
 
@@ -499,7 +718,7 @@ fn tar_error(archive: &'static str, path: &str) -> impl FnOnce(io::Error) -> Lay
     }
 }
 
-fn spec_error(what: &'static str) -> impl FnOnce(OciSpecError) -> LayoutError {
+pub(crate) fn spec_error(what: &'static str) -> impl FnOnce(OciSpecError) -> LayoutError {
     move |source| LayoutError::Spec { what, source }
 }
 
@@ -534,15 +753,9 @@ fn image_config(spec: &ImageSpec, layer_digest: &str) -> Result<Vec<u8>, LayoutE
     canonical_json("config", &image_config)
 }
 
-/// A descriptor of `data` with the given media type and digest.
-fn descriptor(media_type: MediaType, data: &[u8], digest: &str) -> Result<Descriptor, LayoutError> {
-    let digest = oci_spec::image::Digest::try_from(digest).map_err(spec_error("descriptor"))?;
-    Ok(Descriptor::new(media_type, data.len() as u64, digest))
-}
-
 /// Serializes `value` as compact JSON with all object keys sorted, so that
 /// maps (HashMaps inside oci-spec types) serialize deterministically.
-fn canonical_json<T: serde::Serialize>(
+pub(crate) fn canonical_json<T: serde::Serialize>(
     what: &'static str,
     value: &T,
 ) -> Result<Vec<u8>, LayoutError> {
@@ -566,7 +779,7 @@ fn sort_keys(value: &mut serde_json::Value) {
 }
 
 /// `sha256:<hex>` of `data`.
-fn sha256_digest(data: &[u8]) -> String {
+pub fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
@@ -593,7 +806,7 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
-fn validate_platform(os: &str, architecture: &str) -> Result<(), LayoutError> {
+pub(crate) fn validate_platform(os: &str, architecture: &str) -> Result<(), LayoutError> {
     let ok = |s: &str| {
         !s.is_empty()
             && s.chars()
@@ -612,7 +825,7 @@ fn validate_platform(os: &str, architecture: &str) -> Result<(), LayoutError> {
 
 /// Checks that `reference` is fully qualified: `domain/path[:tag][@digest]`
 /// with an explicit registry domain and at least one of tag and digest.
-fn validate_reference(reference: &str) -> Result<(), LayoutError> {
+pub(crate) fn validate_reference(reference: &str) -> Result<(), LayoutError> {
     check_reference(reference).map_err(|reason| LayoutError::InvalidReference {
         reference: reference.to_owned(),
         reason,
@@ -1015,5 +1228,41 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn layouts_read_back_and_corruption_is_caught() {
+        let (built, bytes) = build(&spec());
+        let image = read_layout_tar(bytes.as_slice()).expect("read back");
+        assert_eq!(
+            image.reference.as_deref(),
+            Some("docker.io/wasmpod/probe:p1")
+        );
+        assert_eq!(image.blobs, image_blobs(&spec()).expect("blobs"));
+        assert_eq!(image.blobs.manifest.digest, built.manifest_digest);
+        assert_eq!(
+            image.blobs.platform,
+            ("wasip1".to_owned(), "wasm".to_owned())
+        );
+
+        // Flip one byte of the layer blob: its digest no longer matches.
+        let mut files = files(&bytes);
+        let layer = format!("blobs/sha256/{}", hex_part(&built.layer_digests[0]));
+        let last = files[&layer].len() - 1;
+        files.get_mut(&layer).expect("layer")[last] ^= 0xff;
+        let mut corrupt = tar::Builder::new(Vec::new());
+        for (path, data) in &files {
+            append_file(&mut corrupt, "test", path, data, 0o644).expect("append");
+        }
+        let corrupt = corrupt.into_inner().expect("tar");
+        let err = read_layout_tar(corrupt.as_slice()).unwrap_err().to_string();
+        assert!(
+            err.contains(&built.layer_digests[0]) && err.contains("does not match"),
+            "{err}"
+        );
+
+        // Not a layout at all.
+        let err = read_layout_tar(&b""[..]).unwrap_err().to_string();
+        assert!(err.contains("index.json"), "{err}");
     }
 }
