@@ -315,6 +315,30 @@ impl Cri {
         Ok(resp.image.is_some())
     }
 
+    /// `PullImage`, as kubelet pulls a pod's image; returns the image id.
+    pub fn pull_image(&self, reference: &str) -> Result<String> {
+        let req = api::PullImageRequest {
+            image: Some(image_spec(reference)),
+            ..Default::default()
+        };
+        let resp = self.call(
+            "PullImage",
+            |_, mut im| async move { im.pull_image(req).await },
+        )?;
+        Ok(resp.image_ref)
+    }
+
+    /// `RemoveImage`.
+    pub fn remove_image(&self, reference: &str) -> Result<()> {
+        let req = api::RemoveImageRequest {
+            image: Some(image_spec(reference)),
+        };
+        self.call("RemoveImage", |_, mut im| async move {
+            im.remove_image(req).await
+        })?;
+        Ok(())
+    }
+
     /// `RunPodSandbox` with `handler`; returns the sandbox id.
     pub fn run_pod_sandbox(&self, config: &api::PodSandboxConfig, handler: &str) -> Result<String> {
         let req = api::RunPodSandboxRequest {

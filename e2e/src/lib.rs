@@ -25,7 +25,8 @@
 //! - [`leftovers`]: what "nothing left behind" means, and how it is checked,
 //! - [`guests`]: building the Wasm guest programs under `e2e/guests`,
 //! - [`images`]: OCI image-layout tars for `ctr images import`,
-//! - [`process`]: running a command with a timeout.
+//! - [`process`]: running a command with a timeout,
+//! - [`registry`]: a private OCI registry (Debian's `docker-registry`) on loopback.
 //!
 //! Environment variables:
 //! - `WASMPOD_SHIM`: absolute path of the `containerd-shim-wasmpod-v1` under
@@ -44,6 +45,7 @@ pub mod guests;
 pub mod images;
 pub mod leftovers;
 pub mod process;
+pub mod registry;
 
 use std::path::PathBuf;
 

@@ -24,6 +24,19 @@ pub struct RunRequest {
     /// The node's precompiled-module cache, if enabled.
     #[serde(default)]
     pub cache: Option<crate::cache::CacheConfig>,
+    /// The Wasm to run when it is not a file of the rootfs: a layer of a
+    /// Wasm artifact the shim wrote out of containerd's content store.
+    #[serde(default)]
+    pub wasm: Option<WasmFile>,
+}
+
+/// A Wasm binary outside the container's rootfs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WasmFile {
+    /// Host path of the file.
+    pub path: std::path::PathBuf,
+    /// How messages name it (image and layer).
+    pub name: String,
 }
 
 /// The runner's answer once it has loaded (or failed to load) the workload.

@@ -25,6 +25,7 @@ use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::cache::{self, CacheConfig};
+use crate::control::WasmFile;
 use crate::sys;
 
 /// Exit code of a guest that trapped (128 + SIGABRT, like the wasmtime CLI).
@@ -136,12 +137,30 @@ pub fn engine() -> Result<Engine, LoadError> {
 
 /// Finds, compiles and links the plan's entry point and builds its WASI
 /// context. Nothing of the guest runs yet.
-pub fn prepare(plan: &RunPlan, cache: Option<&CacheConfig>) -> Result<Prepared, LoadError> {
-    let root = File::open(&plan.root.path).map_err(|source| LoadError::Rootfs {
-        path: plan.root.path.clone(),
-        source,
-    })?;
-    let (entrypoint, bytes) = read_entrypoint(&root, plan)?;
+///
+/// The entry point is `wasm` when given (a layer of a Wasm artifact the shim
+/// wrote out), else `args[0]` resolved inside the rootfs.
+pub fn prepare(
+    plan: &RunPlan,
+    cache: Option<&CacheConfig>,
+    wasm: Option<&WasmFile>,
+) -> Result<Prepared, LoadError> {
+    let (entrypoint, bytes) = match wasm {
+        Some(w) => {
+            let bytes = std::fs::read(&w.path).map_err(|source| LoadError::Read {
+                path: w.name.clone(),
+                source,
+            })?;
+            (w.name.clone(), bytes)
+        }
+        None => {
+            let root = File::open(&plan.root.path).map_err(|source| LoadError::Rootfs {
+                path: plan.root.path.clone(),
+                source,
+            })?;
+            read_entrypoint(&root, plan)?
+        }
+    };
     let kind = match classify(&bytes) {
         Some(kind) => kind,
         None => {
@@ -255,12 +274,22 @@ fn limits(budget: Option<usize>) -> StoreLimits {
     b.build()
 }
 
-/// Whether the plan's entry point resolves to a WebAssembly binary inside the
-/// rootfs. `true` as well when it cannot be resolved at all, so that the
-/// runner reports why.
-pub fn entrypoint_is_wasm(plan: &RunPlan) -> bool {
+/// What the plan's entry point is inside the rootfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Located {
+    /// A WebAssembly binary (or something the runner will report on, such
+    /// as an unreadable rootfs).
+    Wasm,
+    /// A regular file that is not WebAssembly (an ELF, a script).
+    Other,
+    /// No candidate path exists: the Wasm may be a layer of an artifact.
+    Missing,
+}
+
+/// Finds the plan's entry point inside the rootfs and tells what it is.
+pub fn locate(plan: &RunPlan) -> Located {
     let Ok(root) = File::open(&plan.root.path) else {
-        return true;
+        return Located::Wasm;
     };
     for path in plan.entrypoint_candidates() {
         if let Ok(mut file) = sys::open_in_root(&root, &path) {
@@ -269,12 +298,12 @@ pub fn entrypoint_is_wasm(plan: &RunPlan) -> bool {
             }
             let mut header = [0u8; 8];
             return match file.read_exact(&mut header) {
-                Ok(()) => classify(&header).is_some(),
-                Err(_) => false,
+                Ok(()) if classify(&header).is_some() => Located::Wasm,
+                _ => Located::Other,
             };
         }
     }
-    true
+    Located::Missing
 }
 
 fn read_entrypoint(root: &File, plan: &RunPlan) -> Result<(String, Vec<u8>), LoadError> {

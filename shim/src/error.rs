@@ -92,6 +92,21 @@ pub enum Error {
         op: &'static str,
         message: String,
     },
+    /// The container's image is a Wasm artifact the shim cannot run: no
+    /// layer to choose, an ambiguous choice, or content that does not match.
+    #[error("container {id}: image {image}: {reason}")]
+    Artifact {
+        id: String,
+        image: String,
+        reason: String,
+    },
+    /// Talking to containerd (for a Wasm artifact's layers) failed.
+    #[error("container {id}: containerd: {what}: {message}")]
+    Containerd {
+        id: String,
+        what: String,
+        message: String,
+    },
     /// A request this shim does not implement for Wasm containers.
     #[error("{0} is not supported by the wasmpod shim")]
     Unsupported(&'static str),
@@ -107,7 +122,9 @@ impl Error {
             Error::Spec { .. }
             | Error::Plan { .. }
             | Error::InvalidArgument { .. }
-            | Error::Workload { .. } => Code::INVALID_ARGUMENT,
+            | Error::Workload { .. }
+            | Error::Artifact { .. } => Code::INVALID_ARGUMENT,
+            Error::Containerd { .. } => Code::UNAVAILABLE,
             Error::Unsupported(_) => Code::UNIMPLEMENTED,
             Error::Rootfs { .. }
             | Error::Stdio { .. }

@@ -20,6 +20,7 @@ pub mod actions;
 pub mod cache;
 pub mod cgroup;
 pub mod console;
+pub mod content;
 pub mod control;
 pub mod engine;
 pub mod error;

@@ -42,7 +42,10 @@ pub fn main() -> i32 {
     let id = req.id;
     let prepared = namespace::enter(&req.plan.namespaces)
         .map_err(|e| e.to_string())
-        .and_then(|()| engine::prepare(&req.plan, req.cache.as_ref()).map_err(|e| e.to_string()));
+        .and_then(|()| {
+            engine::prepare(&req.plan, req.cache.as_ref(), req.wasm.as_ref())
+                .map_err(|e| e.to_string())
+        });
     let prepared = match prepared {
         Ok(p) => p,
         Err(message) => {

@@ -19,6 +19,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::content::Containerd;
 use crate::process::ExitRouter;
 use crate::service::Service;
 use crate::sys;
@@ -53,7 +54,11 @@ pub async fn serve(flags: &Flags) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connect to containerd at {ttrpc_address}"))?;
     let shutdown = Arc::new(ExitSignal::default());
-    let service = Service::new(flags.namespace.clone(), publisher, shutdown.clone());
+    let containerd = Containerd {
+        address: flags.address.clone(),
+        namespace: flags.namespace.clone(),
+    };
+    let service = Service::new(containerd, publisher, shutdown.clone());
     let reaper = tokio::spawn(reap(service.clone()));
 
     let task: Arc<dyn Task + Send + Sync> = Arc::new(service);

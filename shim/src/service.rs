@@ -36,12 +36,13 @@ use tokio::sync::{oneshot, watch, Mutex};
 use crate::cache::CacheConfig;
 use crate::cgroup::ContainerCgroup;
 use crate::console::{Console, ConsoleSocket};
-use crate::control::RunRequest;
+use crate::content::Containerd;
+use crate::control::{RunRequest, WasmFile};
 use crate::error::{Error, Result};
 use crate::process::{Exit, ExitRouter, Runner};
 use crate::runc::{ProcessIo, Runc};
 use crate::stdio::{Keepalive, Stdio, StdioPaths};
-use crate::{engine, rootfs};
+use crate::{engine, rootfs, stdio};
 use wasmpod_oci::plan::NamespaceKind;
 
 /// Annotation CRI puts on every container of a pod: containers sharing it
@@ -136,6 +137,8 @@ impl Container {
 
 struct Inner {
     namespace: String,
+    /// containerd's address, for Wasm artifacts' layers.
+    containerd: Containerd,
     publisher: RemotePublisher,
     shutdown: Arc<ExitSignal>,
     containers: StdMutex<HashMap<String, Arc<Mutex<Container>>>>,
@@ -193,9 +196,15 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
 impl Service {
     /// A service publishing events for `namespace`; `shutdown` is signalled
     /// when containerd shuts the shim down.
-    pub fn new(namespace: String, publisher: RemotePublisher, shutdown: Arc<ExitSignal>) -> Self {
+    pub fn new(
+        containerd: Containerd,
+        publisher: RemotePublisher,
+        shutdown: Arc<ExitSignal>,
+    ) -> Self {
+        let namespace = containerd.namespace.clone();
         Service {
             inner: Arc::new(Inner {
+                containerd,
                 runc: Runc::new(&namespace),
                 namespace,
                 publisher,
@@ -405,12 +414,14 @@ impl Service {
             })?;
         let mounted = rootfs::mount(id, bundle, &req.rootfs).await?;
         let mut cgroup = None;
+        let mut fetched: Option<WasmFile> = None;
         let result = async {
             let in_pod = spec
                 .annotations()
                 .as_ref()
                 .is_some_and(|a| a.contains_key(CONTAINER_TYPE_ANNOTATION));
-            let backend = if in_pod && !engine::entrypoint_is_wasm(&plan) {
+            let located = engine::locate(&plan);
+            let backend = if in_pod && located == engine::Located::Other {
                 let systemd = spec
                     .linux()
                     .as_ref()
@@ -431,6 +442,31 @@ impl Service {
                     id: id.to_owned(),
                     what: "a terminal was requested, but a Wasm container has no terminal (run without -t / tty: false)".into(),
                 });
+            }
+            // Not in the rootfs: the image may be a Wasm artifact whose
+            // layer containerd stored but did not unpack.
+            if backend == Backend::Wasm && located == engine::Located::Missing {
+                let annotations = spec.annotations().clone().unwrap_or_default();
+                let arg0 = plan.args.first().map(String::as_str);
+                match self
+                    .inner
+                    .containerd
+                    .fetch_wasm_layer(id, &annotations, arg0, bundle)
+                    .await
+                {
+                    Ok(Some(f)) => {
+                        info!("container {id}: running {}", f.name);
+                        fetched = Some(WasmFile {
+                            path: f.path,
+                            name: f.name,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        stdio::report(&paths, &e.to_string());
+                        return Err(e);
+                    }
+                }
             }
             let (console_socket, child_stdio, keepalive) = process_io(id, &paths)?;
             let mut console = None;
@@ -454,6 +490,7 @@ impl Service {
                         id: id.to_owned(),
                         plan,
                         cache: self.inner.cache.clone(),
+                        wasm: fetched.clone(),
                     };
                     let (runner, exit) = Runner::spawn(
                         &request,
@@ -516,6 +553,12 @@ impl Service {
             })
         }
         .await;
+        // The runner has read the layer (or failed): its copy is not needed.
+        if let Some(f) = fetched {
+            if let Err(e) = tokio::fs::remove_file(&f.path).await {
+                warn!("container {id}: remove {}: {e}", f.path.display());
+            }
+        }
         if result.is_err() {
             if let Some(target) = &mounted {
                 if let Err(ue) = rootfs::unmount(id, target).await {
@@ -643,6 +686,7 @@ impl Service {
                         id: full_id.clone(),
                         plan,
                         cache: self.inner.cache.clone(),
+                        wasm: None,
                     };
                     let (runner, exit) = Runner::spawn(
                         &request,

@@ -84,6 +84,32 @@ impl Stdio {
     }
 }
 
+/// Writes a line to the container's stderr (its log under CRI) for a failure
+/// the shim itself detected before any process ran. Best effort and never
+/// blocking: a FIFO is opened read-write and non-blocking, so a missing or
+/// slow reader loses the line instead of stalling the shim.
+pub fn report(paths: &StdioPaths, message: &str) {
+    if paths.stderr.is_empty() || paths.terminal {
+        return;
+    }
+    let Ok(path) = strip_scheme(&paths.stderr) else {
+        return;
+    };
+    let path = Path::new(path);
+    let file = if is_fifo(path) {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    } else {
+        OpenOptions::new().append(true).open(path)
+    };
+    if let Ok(mut f) = file {
+        let _ = std::io::Write::write_all(&mut f, format!("wasmpod: {message}\n").as_bytes());
+    }
+}
+
 pub(crate) fn strip_scheme(path: &str) -> std::io::Result<&str> {
     if let Some(p) = path.strip_prefix("file://") {
         return Ok(p);

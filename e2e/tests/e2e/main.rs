@@ -1,6 +1,7 @@
 //! wasmpod end-to-end tests: one binary, one private containerd per test.
 //! Run with `make e2e` (root; builds the shim and the guest programs first).
 
+mod artifacts;
 mod cache;
 mod cgroups;
 mod common;

@@ -1,0 +1,279 @@
+//! Wasm artifacts read straight from containerd's content store.
+//!
+//! When a Wasm container's entry point is not a file of its rootfs, its image
+//! may be a Wasm OCI artifact: layers of raw `.wasm` that containerd stored
+//! but did not unpack. The shim then asks containerd (over its gRPC socket,
+//! the `-address` it was started with, in the container's namespace) for
+//! container → image → manifest (through an index if needed) → layers,
+//! chooses the layer by the rule in [`wasmpod_oci::artifact`], and streams it
+//! into a file of the bundle for the runner, checking its digest and size as
+//! it goes: memory stays bounded by one gRPC chunk whatever the layer size.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use containerd_client::services::v1::{
+    containers_client::ContainersClient, content_client::ContentClient,
+    images_client::ImagesClient, GetContainerRequest, GetImageRequest, ReadContentRequest,
+};
+use containerd_client::with_namespace;
+use oci_spec::image::{Descriptor, ImageManifest};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+use tonic::transport::Channel;
+use tonic::Request;
+use wasmpod_oci::artifact::{
+    self, choose_manifest, parse_document, select_layer, Document, MAX_DOCUMENT_SIZE,
+};
+
+use crate::error::{Error, Result};
+
+/// Spec annotation containerd's CRI sets to the image a container runs.
+const CRI_IMAGE_NAME_ANNOTATION: &str = "io.kubernetes.cri.image-name";
+
+/// How long talking to containerd may take, apart from streaming the layer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A Wasm layer written out for a runner.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The file in the bundle holding the layer.
+    pub path: PathBuf,
+    /// How messages name it: `IMAGE layer TITLE (DIGEST)`.
+    pub name: String,
+}
+
+/// What the shim needs to reach containerd.
+#[derive(Debug, Clone)]
+pub struct Containerd {
+    /// containerd's gRPC socket.
+    pub address: String,
+    /// The namespace of this shim's containers.
+    pub namespace: String,
+}
+
+impl Containerd {
+    /// If container `id`'s image is a Wasm artifact, writes the layer it
+    /// runs into `dir` and returns it; `Ok(None)` when the image has no Wasm
+    /// layer (or the container has no image), so the caller reports the
+    /// missing entry point as usual.
+    pub async fn fetch_wasm_layer(
+        &self,
+        id: &str,
+        annotations: &HashMap<String, String>,
+        arg0: Option<&str>,
+        dir: &Path,
+    ) -> Result<Option<Fetched>> {
+        let fail = |image: &str, reason: String| Error::Artifact {
+            id: id.to_owned(),
+            image: image.to_owned(),
+            reason,
+        };
+        let path = self
+            .address
+            .strip_prefix("unix://")
+            .unwrap_or(&self.address);
+        let channel = tokio::time::timeout(CALL_TIMEOUT, containerd_client::connect(path))
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map_err(|e| format!("{e}: {}", source_chain(&e))))
+            .map_err(|e| Error::Containerd {
+                id: id.to_owned(),
+                what: format!("connect to {path}"),
+                message: e,
+            })?;
+        let ns = self.namespace.as_str();
+        let rpc = |what: &str, e: String| Error::Containerd {
+            id: id.to_owned(),
+            what: what.to_owned(),
+            message: e,
+        };
+
+        let container = call(ContainersClient::new(channel.clone()).get(with_namespace!(
+            GetContainerRequest { id: id.to_owned() },
+            ns
+        )))
+        .await
+        .map_err(|e| rpc("get container", e))?
+        .container
+        .unwrap_or_default();
+        let image = if container.image.is_empty() {
+            match annotations.get(CRI_IMAGE_NAME_ANNOTATION) {
+                Some(name) => name.clone(),
+                None => return Ok(None),
+            }
+        } else {
+            container.image
+        };
+        let target = match call(ImagesClient::new(channel.clone()).get(with_namespace!(
+            GetImageRequest {
+                name: image.clone()
+            },
+            ns
+        )))
+        .await
+        {
+            Ok(r) => r.image.and_then(|i| i.target),
+            Err(e) => return Err(fail(&image, format!("image not found in containerd: {e}"))),
+        };
+        let Some(target) = target else {
+            return Err(fail(&image, "the image record has no target".into()));
+        };
+        let mut content = ContentClient::new(channel);
+        let mut manifest_digest = target.digest.clone();
+        let mut doc = read_document(&mut content, ns, &manifest_digest)
+            .await
+            .map_err(|e| fail(&image, e))?;
+        if let Document::Index(index) = &doc {
+            let chosen = choose_manifest(index).map_err(|e| fail(&image, e.to_string()))?;
+            manifest_digest = chosen.digest().to_string();
+            doc = read_document(&mut content, ns, &manifest_digest)
+                .await
+                .map_err(|e| fail(&image, e))?;
+        }
+        let Document::Manifest(manifest) = doc else {
+            return Err(fail(
+                &image,
+                format!("{manifest_digest}: nested image index"),
+            ));
+        };
+        if !artifact::is_artifact(&manifest) {
+            return Ok(None);
+        }
+        let layer = choose(&manifest, annotations, arg0).map_err(|e| fail(&image, e))?;
+        let digest = layer.digest().to_string();
+        let name = format!("{image} layer {}", artifact::layer_name(layer));
+        let path = dir.join("wasmpod-layer.wasm");
+        if let Err(e) = stream_blob(&mut content, ns, layer, &path).await {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(fail(&image, format!("layer {digest}: {e}")));
+        }
+        Ok(Some(Fetched { path, name }))
+    }
+}
+
+fn choose<'a>(
+    manifest: &'a ImageManifest,
+    annotations: &HashMap<String, String>,
+    arg0: Option<&str>,
+) -> std::result::Result<&'a Descriptor, String> {
+    select_layer(
+        manifest,
+        annotations
+            .get(artifact::LAYER_ANNOTATION)
+            .map(String::as_str),
+        arg0,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The full cause of a transport error (tonic's own message is generic).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+async fn call<T>(
+    fut: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+) -> std::result::Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(status)) => Err(status.message().to_owned()),
+        Err(_) => Err(format!("no answer from containerd in {CALL_TIMEOUT:?}")),
+    }
+}
+
+/// Reads a manifest or index blob (bounded in size) and parses it.
+async fn read_document(
+    content: &mut ContentClient<Channel>,
+    ns: &str,
+    digest: &str,
+) -> std::result::Result<Document, String> {
+    let mut stream = call(content.read(with_namespace!(
+        ReadContentRequest {
+            digest: digest.to_owned(),
+            offset: 0,
+            size: 0,
+        },
+        ns
+    )))
+    .await
+    .map_err(|e| format!("read {digest}: {e}"))?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|e| format!("read {digest}: {}", e.message()))?
+    {
+        bytes.extend_from_slice(&chunk.data);
+        if bytes.len() as u64 > MAX_DOCUMENT_SIZE {
+            return Err(format!("{digest}: larger than {MAX_DOCUMENT_SIZE} bytes"));
+        }
+    }
+    if sha256(&bytes) != digest {
+        return Err(format!("{digest}: content does not match its digest"));
+    }
+    parse_document(&bytes).map_err(|e| format!("{digest}: {e}"))
+}
+
+/// Streams a layer into `path`, checking size and digest.
+async fn stream_blob(
+    content: &mut ContentClient<Channel>,
+    ns: &str,
+    layer: &Descriptor,
+    path: &Path,
+) -> std::result::Result<(), String> {
+    let digest = layer.digest().to_string();
+    let mut stream = call(content.read(with_namespace!(
+        ReadContentRequest {
+            digest: digest.clone(),
+            offset: 0,
+            size: 0,
+        },
+        ns
+    )))
+    .await?;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| format!("create {}: {e}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.message().await.map_err(|e| e.message().to_owned())? {
+        size += chunk.data.len() as u64;
+        if size > layer.size() {
+            return Err(format!(
+                "more bytes than the {} the manifest says",
+                layer.size()
+            ));
+        }
+        hasher.update(&chunk.data);
+        file.write_all(&chunk.data)
+            .await
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
+    let got = format!("sha256:{}", hex(&hasher.finalize()));
+    if size != layer.size() || got != digest {
+        return Err(format!(
+            "content ({size} bytes, {got}) does not match the manifest ({} bytes)",
+            layer.size()
+        ));
+    }
+    Ok(())
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
