@@ -3,8 +3,9 @@
 //! packages the hello guest with `wasmpod oci build`, runs it with
 //! `ctr run --runtime io.containerd.wasmpod.v1`, then runs it as a Kubernetes
 //! pod: a Wasm pod beside a runc pod on the same node, driven over CRI as
-//! kubelet drives it, with its log, stats and the memory-limit outcomes.
-//! Prints each step.
+//! kubelet drives it, with its log, stats and the memory-limit outcomes;
+//! last, pushes it to a private registry as a classic image and as a Wasm
+//! artifact and runs both from there as kubelet pulls them. Prints each step.
 
 use std::process::Command;
 use std::time::Duration;
@@ -64,6 +65,7 @@ fn main() -> Result<()> {
     println!("# no processes, mounts, FIFOs or state left behind");
 
     kubernetes(&cd, &tar)?;
+    registry(&cd, &wasm)?;
     cd.assert_no_leftovers()?;
     println!("# no processes, mounts, cgroups, network namespaces, veths or shims left behind");
     Ok(())
@@ -215,5 +217,72 @@ fn kubernetes(cd: &Containerd, hello_tar: &str) -> Result<()> {
     wasm.remove()?;
     plain.remove()?;
     println!("$ StopPodSandbox + RemovePodSandbox hello-wasm, plain-runc");
+    Ok(())
+}
+
+/// Push → CRI PullImage → pod, from a private registry on 127.0.0.1, for the
+/// classic image and the Wasm artifact.
+fn registry(cd: &Containerd, wasm: &std::path::Path) -> Result<()> {
+    println!("\n# images and artifacts through a registry (docker-registry on loopback)");
+    let registry = wasmpod_e2e::registry::Registry::start(&cd.tempdir().join("registry"))?;
+    let host = registry.host();
+    let cri = cd.cri()?;
+    let wasmpod = workspace_root().join("target/release/wasmpod");
+    let mut pod = Pod::run(cd, &cri, Pod::config(cd, "from-registry"), HANDLER)?;
+    for (name, extra) in [("classic", &[][..]), ("artifact", &["--artifact"][..])] {
+        let reference = format!("{host}/demo/hello:{name}");
+        println!(
+            "$ wasmpod oci push hello.wasm {reference}{}",
+            extra.iter().map(|a| format!(" {a}")).collect::<String>()
+        );
+        let out = Command::new(&wasmpod)
+            .args(["oci", "push"])
+            .arg(wasm)
+            .arg(&reference)
+            .args(extra)
+            .output()
+            .with_context(|| format!("run {}", wasmpod.display()))?;
+        ensure!(
+            out.status.success(),
+            "push: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        let inspect = Command::new(&wasmpod)
+            .args(["oci", "inspect", "--json", &reference])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap_or_default();
+        let size: u64 = v["layers"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|x| x["size"].as_u64()).sum())
+            .unwrap_or(0);
+        println!(
+            "  layers: {size} bytes ({})",
+            v["kind"].as_str().unwrap_or("?")
+        );
+        match cri.pull_image(&reference) {
+            Ok(id) => println!(
+                "$ PullImage {reference} → {}",
+                short(id.trim_start_matches("sha256:"))
+            ),
+            Err(e) => {
+                println!("$ PullImage {reference} → {e:#}");
+                println!("  (containerd before 1.6.25 / 1.7.7 cannot pull Wasm artifacts; the classic image works everywhere)");
+                continue;
+            }
+        }
+        let config = container_config(name, &reference, &[], &[]);
+        let id = pod.start(&config)?;
+        println!(
+            "$ CreateContainer+StartContainer from-registry/{name} → {}",
+            short(&id)
+        );
+        exited(&cri, name, &id)?;
+        for (stream, line) in pod.log_lines(&config)? {
+            println!("  CRI log from-registry/{name}: {stream} {line}");
+        }
+    }
+    pod.remove()?;
+    println!("$ StopPodSandbox + RemovePodSandbox from-registry");
     Ok(())
 }

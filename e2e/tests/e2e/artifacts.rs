@@ -308,6 +308,15 @@ fn multi_layer_artifacts_run_the_layer_the_pod_names() -> Result<()> {
     cri.pull_image(&ours)?;
     cri.pull_image(&theirs)?;
 
+    // `ctr` pulls artifacts but its `run` only builds specs from image
+    // configs (the README says so): artifacts are for the CRI path.
+    cd.ctr(&["images", "pull", "--plain-http", &ours])?;
+    let out = crate::common::run(&cd, &[], &ours, &cd.unique_id("art"), &[])?;
+    ensure!(
+        !out.success() && out.stderr.contains("unknown image config media type"),
+        "ctr run of an artifact: {out:?}"
+    );
+
     let mut pod = Pod::run(&cd, &cri, Pod::config(&cd, "layers"), HANDLER)?;
     // No command: the artifact's entry point, its first module.
     let (code, lines) = run_to_exit(
