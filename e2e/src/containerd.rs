@@ -56,6 +56,9 @@ pub struct ContainerdOptions {
     /// Whether the CRI plugin is loaded (default `false`: it is listed in
     /// `disabled_plugins`).
     pub cri: bool,
+    /// Whether the CRI config registers the `wasmpod` handler (default
+    /// `true`; the node installer's test starts without it).
+    pub cri_handler: bool,
     /// TOML appended verbatim to the generated config (after its `[debug]`
     /// table, so it should start with a table header). Do not set
     /// `disabled_plugins` here when `cri` is `false`: the key is already set.
@@ -94,6 +97,7 @@ impl Default for ContainerdOptions {
             containerd_bin: dir.join("containerd"),
             ctr_bin: dir.join("ctr"),
             cri: false,
+            cri_handler: true,
             extra_config: String::new(),
             namespace: DEFAULT_NAMESPACE.to_string(),
             ctr_timeout: Duration::from_secs(60),
@@ -374,7 +378,10 @@ impl Containerd {
         c.push_str("\n[debug]\n  level = \"debug\"\n");
         if self.opts.cri {
             c.push('\n');
-            c.push_str(&crate::cri::cri_config(&self.cni_conf_dir()));
+            c.push_str(&crate::cri::cri_config(
+                &self.cni_conf_dir(),
+                self.opts.cri_handler,
+            ));
         }
         if !self.opts.extra_config.is_empty() {
             c.push('\n');

@@ -192,7 +192,7 @@ fn routes_overlap(routes: &str, index: u8) -> bool {
 }
 
 /// The CRI part of the private containerd's config (version 2).
-pub fn cri_config(cni_conf_dir: &Path) -> String {
+pub fn cri_config(cni_conf_dir: &Path, with_handler: bool) -> String {
     let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
     format!(
         r#"[plugins."io.containerd.grpc.v1.cri"]
@@ -217,7 +217,11 @@ pub fn cri_config(cni_conf_dir: &Path) -> String {
         pause = q(PAUSE_IMAGE),
         bin = q(CNI_BIN_DIR),
         conf = q(&cni_conf_dir.to_string_lossy()),
-        snippet = wasmpod_runtimeclass::CONTAINERD_V2_SNIPPET,
+        snippet = if with_handler {
+            wasmpod_runtimeclass::CONTAINERD_V2_SNIPPET
+        } else {
+            "# (no wasmpod handler: the node installer adds it)"
+        },
     )
 }
 

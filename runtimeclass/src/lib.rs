@@ -5,10 +5,23 @@
 //! register the handler: config version 2 for containerd 1.6/1.7
 //! (`plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmpod`) and
 //! version 3 for containerd 2.x (`plugins."io.containerd.cri.v1.runtime"...`).
-//! The node installer (Helm milestone) applies the same tables with a
-//! format-preserving editor. Outside Kubernetes nothing needs registering:
-//! containerd finds `containerd-shim-wasmpod-v1` on its `PATH` for the
-//! runtime name [`RUNTIME_TYPE`].
+//! The node installer (`wasmpod-node`, run by the Helm chart's DaemonSet)
+//! applies the same tables: [`config`] edits a containerd config without
+//! disturbing it, [`node`] knows each distribution's files and services and
+//! undoes exactly what it did, [`cri`] asks containerd whether the handler
+//! answers, [`kube`] labels the node, and [`sys`] holds the one raw syscall.
+//! Outside Kubernetes nothing needs registering: containerd finds
+//! `containerd-shim-wasmpod-v1` on its `PATH` for the runtime name
+//! [`RUNTIME_TYPE`].
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod cri;
+pub mod kube;
+pub mod node;
+#[allow(unsafe_code)]
+pub mod sys;
 
 /// The containerd runtime type (`runtime_type` in CRI config) of the shim.
 pub const RUNTIME_TYPE: &str = "io.containerd.wasmpod.v1";
