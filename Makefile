@@ -4,7 +4,7 @@ CARGO ?= cargo
 CARGO_FLAGS ?= --release
 GUEST_TARGETS := --target wasm32-wasip1 --target wasm32-wasip2
 
-.PHONY: all setup build guests test e2e e2e-1.7 demo bench lint ci clean
+.PHONY: all setup build guests test chart image image-push e2e e2e-1.7 demo bench lint ci clean
 
 all: build
 
@@ -23,6 +23,20 @@ guests:
 ## test: unit tests (no containerd needed)
 test:
 	$(CARGO) test $(CARGO_FLAGS) --workspace --exclude wasmpod-e2e
+
+## chart: Helm's real lint of charts/wasmpod, and its rendered manifests validated (Python, helm-sdkpy)
+chart:
+	bash charts/test/run
+
+## image: the node installer image (wasmpod-node + the shim) as an importable OCI tar
+IMAGE ?= ghcr.io/wasmpod/wasmpod-node:0.1.0
+image: build
+	target/release/wasmpod-node-image --installer target/release/wasmpod-node \
+	  --shim target/release/containerd-shim-wasmpod-v1 --reference $(IMAGE) --out target/image/wasmpod-node.tar
+
+## image-push: push it (IMAGE=registry/repo:tag; credentials from ~/.docker/config.json)
+image-push: image
+	target/release/wasmpod oci push target/image/wasmpod-node.tar $(IMAGE)
 
 ## e2e: end-to-end tests against a private, real containerd (root)
 e2e: build guests
@@ -46,7 +60,7 @@ lint:
 	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
 ## ci: everything CI runs
-ci: lint test e2e e2e-1.7
+ci: lint test chart e2e e2e-1.7
 
 clean:
 	$(CARGO) clean
