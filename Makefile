@@ -50,7 +50,7 @@ e2e-1.7: build guests
 demo: build guests
 	$(CARGO) run $(CARGO_FLAGS) -q -p wasmpod-e2e --bin wasmpod-demo
 
-## bench: start-up side by side with runc on a private containerd (Markdown table + target/bench/results.json)
+## bench: B1 start-up, B2 density, B3 throughput, B4 compute, side by side with runc on a private containerd (Markdown tables + target/bench/results.json)
 bench: build guests
 	$(CARGO) run $(CARGO_FLAGS) -q -p wasmpod-e2e --bin wasmpod-bench
 

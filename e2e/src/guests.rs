@@ -105,6 +105,40 @@ pub fn pause_binary() -> Result<PathBuf> {
         .map_err(|e| anyhow!("building the pause program failed: {e}"))
 }
 
+/// `<workspace>/e2e/compute`, the CPU-bound benchmark program.
+pub fn compute_dir() -> PathBuf {
+    workspace_root().join("e2e").join("compute")
+}
+
+/// Builds the benchmark program (`e2e/compute`) for wasm32-wasip1 and as a
+/// static native executable, once per process: `(wasm, native)` paths.
+pub fn compute_binaries() -> Result<(PathBuf, PathBuf)> {
+    static BUILT: OnceLock<std::result::Result<(PathBuf, PathBuf), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let wasm_dir = workspace_root().join("target").join("compute-wasm");
+            let native_dir = workspace_root().join("target").join("compute-native");
+            build_crate(&compute_dir(), &wasm_dir, &["wasm32-wasip1"], None)
+                .and_then(|()| {
+                    build_crate(
+                        &compute_dir(),
+                        &native_dir,
+                        &[HOST_TARGET],
+                        Some("-C target-feature=+crt-static"),
+                    )
+                })
+                .map(|()| {
+                    (
+                        wasm_dir.join("wasm32-wasip1/release/wasmpod-compute.wasm"),
+                        native_dir.join(HOST_TARGET).join("release/wasmpod-compute"),
+                    )
+                })
+                .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow!("building the compute benchmark failed: {e}"))
+}
+
 /// `cargo build --release` of the crate in `dir` for `targets`, into
 /// `target_dir`, under a file lock in `target_dir` so that concurrent test
 /// processes never run two builds of it at once (the second is a no-op).

@@ -8,16 +8,34 @@
 //! the precompiled-module cache emptied first, and warm) beside
 //! `ctr run --rm` of static busybox `echo` under runc, and the floor: `ctr`
 //! creating and deleting a container with no task.
+//!
+//! B3 throughput: create → start → wait → delete cycles (`ctr run --rm`)
+//! per second at parallelism 4, wasmpod hello beside runc busybox echo.
+//!
+//! B4 compute: the same CPU-bound program (`e2e/compute`) built for
+//! wasm32-wasip1 and natively, timed inside the program, under wasmpod and
+//! under runc.
+//!
+//! B2 density: N long-running containers (N = 50 and 200; `WASMPOD_BENCH_DENSITY`
+//! overrides) of each runtime: the sum of the PSS of every process they add
+//! (shims included, `/proc/PID/smaps_rollup`) and the drop in MemAvailable,
+//! per container.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use wasmpod_e2e::guests::guest;
-use wasmpod_e2e::images::{busybox_image, wasm_image};
+use anyhow::{bail, ensure, Context, Result};
+use wasmpod_e2e::guests::{compute_binaries, guest};
+use wasmpod_e2e::images::{base_spec, busybox_image, image_tar, wasm_image};
 use wasmpod_e2e::{workspace_root, Containerd, ContainerdOptions, RUNTIME};
+use wasmpod_oci::layout::Entry;
 
 const WASM_IMAGE: &str = "docker.io/wasmpod/bench-hello:latest";
 const BUSYBOX_IMAGE: &str = "docker.io/wasmpod/bench-busybox:latest";
+const PROBE_IMAGE: &str = "docker.io/wasmpod/bench-probe:latest";
+const COMPUTE_WASM_IMAGE: &str = "docker.io/wasmpod/bench-compute:wasm";
+const COMPUTE_NATIVE_IMAGE: &str = "docker.io/wasmpod/bench-compute:native";
+/// Work units of the compute program (about a second natively here).
+const COMPUTE_ROUNDS: &str = "2000";
 
 struct Series {
     name: &'static str,
@@ -50,9 +68,23 @@ fn main() -> Result<()> {
         .unwrap_or(20);
     let cd = Containerd::start(ContainerdOptions::default())?;
     let hello = guest("wasm32-wasip1", "hello")?;
+    let probe = guest("wasm32-wasip1", "probe")?;
+    let (compute_wasm, compute_native) = compute_binaries()?;
+    let mut native = base_spec(
+        COMPUTE_NATIVE_IMAGE,
+        vec![Entry::File {
+            path: "compute".into(),
+            data: std::fs::read(&compute_native)?,
+            mode: 0o755,
+        }],
+    );
+    native.entrypoint = vec!["/compute".into()];
     for tar in [
         wasm_image(WASM_IMAGE, &hello, "/hello.wasm")?,
         busybox_image(BUSYBOX_IMAGE)?,
+        wasm_image(PROBE_IMAGE, &probe, "/probe.wasm")?,
+        wasm_image(COMPUTE_WASM_IMAGE, &compute_wasm, "/compute.wasm")?,
+        image_tar(&native)?,
     ] {
         cd.ctr(&[
             "images",
@@ -157,13 +189,241 @@ fn main() -> Result<()> {
         wasm.percentile(50.0) / runc.percentile(50.0),
         wasm.percentile(50.0) - floor.percentile(50.0)
     );
+    let b3 = throughput(&cd)?;
+    let b4 = compute(&cd)?;
+    let b2 = density(&cd)?;
+    cd.assert_no_leftovers()?;
+
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("results.json");
     std::fs::write(
         &path,
-        serde_json::to_vec_pretty(&serde_json::json!({ "b1": json }))?,
+        serde_json::to_vec_pretty(
+            &serde_json::json!({ "b1": json, "b2": b2, "b3": b3, "b4": b4 }),
+        )?,
     )?;
     println!("\nresults: {}", path.display());
     Ok(())
+}
+
+/// `ctr run --rm` of a Wasm image (with the wasmpod runtime) or a Linux one.
+fn run_args<'a>(wasm: bool, image: &'a str, id: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["run", "--rm"];
+    if wasm {
+        v.extend(["--runtime", RUNTIME]);
+    }
+    v.extend([image, id]);
+    v.extend_from_slice(args);
+    v
+}
+
+/// B3: cycles per second at parallelism 4, wasmpod and runc alternating.
+fn throughput(cd: &Containerd) -> Result<serde_json::Value> {
+    const PARALLEL: usize = 4;
+    const PER_THREAD: usize = 10;
+    let mut totals = [(Duration::ZERO, 0usize); 2];
+    for rep in 0..2 {
+        for (slot, wasm) in [(0, true), (1, false)] {
+            let start = Instant::now();
+            std::thread::scope(|s| -> Result<()> {
+                let handles: Vec<_> = (0..PARALLEL)
+                    .map(|t| {
+                        s.spawn(move || -> Result<()> {
+                            for i in 0..PER_THREAD {
+                                let id = format!("b3-{slot}-{rep}-{t}-{i}");
+                                let args = if wasm {
+                                    run_args(true, WASM_IMAGE, &id, &[])
+                                } else {
+                                    run_args(
+                                        false,
+                                        BUSYBOX_IMAGE,
+                                        &id,
+                                        &["/bin/busybox", "echo", "hi"],
+                                    )
+                                };
+                                timed(cd, &args)?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("B3 thread panicked"))??;
+                }
+                Ok(())
+            })?;
+            totals[slot].0 += start.elapsed();
+            totals[slot].1 += PARALLEL * PER_THREAD;
+        }
+    }
+    let rate = |(d, n): (Duration, usize)| n as f64 / d.as_secs_f64();
+    let (w, r) = (rate(totals[0]), rate(totals[1]));
+    println!("\n## B3 throughput: `ctr run --rm` cycles per second at parallelism {PARALLEL}\n");
+    println!("| runtime | cycles | cycles/s |");
+    println!("|---|---:|---:|");
+    println!("| wasmpod (hello.wasm) | {} | {w:.1} |", totals[0].1);
+    println!("| runc (busybox echo) | {} | {r:.1} |", totals[1].1);
+    println!("\nwasmpod / runc: {:.2}×", w / r);
+    Ok(serde_json::json!({"parallelism": PARALLEL, "wasmpod_per_s": w, "runc_per_s": r}))
+}
+
+/// The `compute_ms=` figure a compute run printed, and its checksum line.
+fn compute_ms(out: &str) -> Result<(f64, String)> {
+    let line = out
+        .lines()
+        .find(|l| l.contains("compute_ms="))
+        .with_context(|| format!("no compute_ms in {out:?}"))?;
+    let ms = line
+        .rsplit("compute_ms=")
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("bad compute_ms in {line:?}"))?;
+    let sum = line.split_whitespace().next().unwrap_or("").to_owned();
+    Ok((ms, sum))
+}
+
+/// B4: the same CPU-bound program under wasmpod and natively under runc.
+fn compute(cd: &Containerd) -> Result<serde_json::Value> {
+    const ROUNDS: usize = 5;
+    let (mut wasm, mut native) = (Vec::new(), Vec::new());
+    let mut sums = std::collections::BTreeSet::new();
+    for round in 0..ROUNDS + 1 {
+        let id = format!("b4-wasm-{round}");
+        let out = cd.ctr(&run_args(
+            true,
+            COMPUTE_WASM_IMAGE,
+            &id,
+            &["/compute.wasm", COMPUTE_ROUNDS],
+        ))?;
+        let (w, s1) = compute_ms(&out)?;
+        let id = format!("b4-native-{round}");
+        let out = cd.ctr(&run_args(
+            false,
+            COMPUTE_NATIVE_IMAGE,
+            &id,
+            &["/compute", COMPUTE_ROUNDS],
+        ))?;
+        let (n, s2) = compute_ms(&out)?;
+        sums.insert(s1);
+        sums.insert(s2);
+        // the first round compiles the module: not recorded
+        if round > 0 {
+            wasm.push(w);
+            native.push(n);
+        }
+    }
+    ensure!(
+        sums.len() == 1,
+        "wasm and native computed different results: {sums:?}"
+    );
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (w, n) = (median(&mut wasm), median(&mut native));
+    println!("\n## B4 compute: the same program, timed inside it (median of {ROUNDS})\n");
+    println!("| runtime | compute ms |");
+    println!("|---|---:|");
+    println!("| wasmpod (wasm32-wasip1, Cranelift) | {w:.1} |");
+    println!("| runc (native x86-64, static) | {n:.1} |");
+    println!("\nwasmpod / native: {:.2}×", w / n);
+    Ok(serde_json::json!({"wasmpod_ms": w, "native_ms": n, "ratio": w / n}))
+}
+
+fn mem_available_kib() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no MemAvailable in /proc/meminfo")
+}
+
+fn pss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Starts `n` long-running containers, measures, and removes them.
+fn density_run(cd: &Containerd, n: usize, wasm: bool) -> Result<(f64, f64, usize)> {
+    let before = mem_available_kib()?;
+    let ids: Vec<String> = (0..n)
+        .map(|i| format!("b2-{}-{n}-{i}", if wasm { "w" } else { "r" }))
+        .collect();
+    for id in &ids {
+        let mut args = vec!["run", "-d"];
+        if wasm {
+            args.extend([
+                "--runtime",
+                RUNTIME,
+                PROBE_IMAGE,
+                id,
+                "/probe.wasm",
+                "sleep",
+                "3600",
+            ]);
+        } else {
+            args.extend([BUSYBOX_IMAGE, id, "/bin/busybox", "sleep", "3600"]);
+        }
+        cd.ctr(&args)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let running = loop {
+        let tasks = cd.ctr(&["tasks", "ls"])?;
+        let running = tasks.lines().filter(|l| l.contains("RUNNING")).count();
+        if running >= n || Instant::now() > deadline {
+            break running;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let procs = cd.processes()?;
+    let pss: u64 = procs.iter().map(|p| pss_kib(p.pid)).sum();
+    let after = mem_available_kib()?;
+    for id in &ids {
+        let _ = cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+    }
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cd.ctr(&["tasks", "rm", id]).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cd.ctr(&["containers", "rm", id])?;
+    }
+    let per = |kib: f64| kib / n as f64 / 1024.0;
+    Ok((
+        per(pss as f64),
+        per(before.saturating_sub(after) as f64),
+        running,
+    ))
+}
+
+/// B2: density at N = 50 and 200 (or `WASMPOD_BENCH_DENSITY`), alternating runtimes.
+fn density(cd: &Containerd) -> Result<serde_json::Value> {
+    let sizes: Vec<usize> = std::env::var("WASMPOD_BENCH_DENSITY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![50, 200]);
+    println!("\n## B2 density: N long-running containers (per container)\n");
+    println!("| N | runtime | running | PSS MiB | MemAvailable drop MiB |");
+    println!("|---:|---|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for n in sizes {
+        for (name, wasm) in [
+            ("wasmpod (probe sleep)", true),
+            ("runc (busybox sleep)", false),
+        ] {
+            let (pss, drop, running) = density_run(cd, n, wasm)?;
+            println!("| {n} | {name} | {running} | {pss:.2} | {drop:.2} |");
+            rows.push(serde_json::json!({"n": n, "runtime": name, "running": running, "pss_mib": pss, "memavailable_drop_mib": drop}));
+        }
+    }
+    Ok(serde_json::Value::Array(rows))
 }
