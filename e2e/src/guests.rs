@@ -105,6 +105,26 @@ pub fn pause_binary() -> Result<PathBuf> {
         .map_err(|e| anyhow!("building the pause program failed: {e}"))
 }
 
+/// Builds the `wasi:http` component (`e2e/http-guest`) for wasm32-wasip2,
+/// once per process, and returns its path.
+pub fn http_guest() -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = workspace_root().join("target").join("http-guest");
+            build_crate(
+                &workspace_root().join("e2e").join("http-guest"),
+                &dir,
+                &["wasm32-wasip2"],
+                None,
+            )
+            .map(|()| dir.join("wasm32-wasip2/release/wasmpod_http_guest.wasm"))
+            .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow!("building the wasi:http guest failed: {e}"))
+}
+
 /// `<workspace>/e2e/compute`, the CPU-bound benchmark program.
 pub fn compute_dir() -> PathBuf {
     workspace_root().join("e2e").join("compute")

@@ -107,6 +107,11 @@ enum Loaded {
         pre: CommandPre<ComponentHost>,
         ctx: WasiCtx,
     },
+    /// A `wasi:http/incoming-handler` component, served (see [`crate::http`]).
+    Http {
+        pre: wasmtime_wasi_http::p2::bindings::ProxyPre<crate::http::HttpHost>,
+        plan: Box<RunPlan>,
+    },
 }
 
 /// A workload that is compiled, linked and has its WASI context built:
@@ -118,6 +123,8 @@ pub struct Prepared {
     pub entrypoint: String,
     /// Whether it is a module or a component.
     pub kind: WasmKind,
+    /// Whether it is served as `wasi:http` (and with which instance allocator).
+    pub http: Option<&'static str>,
     /// What the module cache did: `hit`, `stored` or `compiled`.
     pub cache_outcome: &'static str,
     /// Cache problems that did not stop the load.
@@ -179,7 +186,15 @@ pub fn prepare(
             });
         }
     };
-    let engine = engine()?;
+    let http_mode = kind == WasmKind::Component && crate::http::exports_incoming_handler(&bytes);
+    let (engine, http) = if http_mode {
+        let limit = plan.memory_limit.and_then(|l| usize::try_from(l).ok());
+        let (e, alloc) =
+            crate::http::engine(limit).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        (e, Some(alloc))
+    } else {
+        (engine()?, None)
+    };
     let compile_err = |e: wasmtime::Error| LoadError::Compile {
         path: entrypoint.clone(),
         reason: format!("{e:#}"),
@@ -212,6 +227,19 @@ pub fn prepare(
                 ctx: builder.build_p1(),
             }
         }
+        WasmKind::Component if http_mode => {
+            let (component, o) =
+                cache::load::<Component>(cache, &engine, &bytes, &mut |w| warnings.push(w))
+                    .map_err(compile_err)?;
+            outcome = o;
+            let pre = crate::http::pre_instantiate(&engine, &component).map_err(link_err)?;
+            // Built per request; checked once here so bad mounts fail Create.
+            drop(builder);
+            Loaded::Http {
+                pre,
+                plan: Box::new(plan.clone()),
+            }
+        }
         WasmKind::Component => {
             let (component, o) =
                 cache::load::<Component>(cache, &engine, &bytes, &mut |w| warnings.push(w))
@@ -235,12 +263,15 @@ pub fn prepare(
         loaded,
         entrypoint,
         kind,
+        http,
         cache_outcome: match outcome {
             cache::Outcome::Hit => "hit",
             cache::Outcome::Stored => "stored",
             cache::Outcome::Compiled => "compiled",
         },
         warnings,
+        // Measured last: what the runner already holds (engine, compiled
+        // code) is not the guest's to use.
         memory_budget: plan.memory_limit.map(memory_budget),
     })
 }
@@ -432,6 +463,16 @@ impl Prepared {
                     Ok(Err(())) => 1,
                     Err(e) => error_exit_code(id, &e),
                 }
+            }
+            Loaded::Http { pre, plan } => {
+                let for_requests = plan.clone();
+                let make_ctx = Box::new(move || match wasi_builder(&for_requests) {
+                    Ok(mut b) => b.build(),
+                    // Checked at load; a mount that vanished since gives
+                    // the request a context without preopens.
+                    Err(_) => WasiCtx::builder().inherit_stdio().build(),
+                });
+                crate::http::serve(id, &plan, pre, make_ctx, self.memory_budget)
             }
         };
         let _ = std::io::stdout().flush();

@@ -24,6 +24,7 @@ pub mod content;
 pub mod control;
 pub mod engine;
 pub mod error;
+pub mod http;
 pub mod namespace;
 pub mod process;
 pub mod rootfs;

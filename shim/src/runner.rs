@@ -55,12 +55,15 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    let kind = match prepared.kind {
-        wasmpod_oci::wasm::WasmKind::Module => "module",
-        wasmpod_oci::wasm::WasmKind::Component => "component",
+    let kind = match (prepared.kind, prepared.http) {
+        (wasmpod_oci::wasm::WasmKind::Module, _) => "module".to_owned(),
+        (wasmpod_oci::wasm::WasmKind::Component, None) => "component".to_owned(),
+        (wasmpod_oci::wasm::WasmKind::Component, Some(alloc)) => {
+            format!("wasi:http component ({alloc} allocator)")
+        }
     };
     let ready = Reply::Ready {
-        kind: kind.into(),
+        kind,
         entrypoint: prepared.entrypoint.clone(),
         cache: prepared.cache_outcome.into(),
         warnings: prepared.warnings.clone(),

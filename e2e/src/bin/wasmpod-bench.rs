@@ -16,6 +16,11 @@
 //! wasm32-wasip1 and natively, timed inside the program, under wasmpod and
 //! under runc.
 //!
+//! B5 HTTP: a `wasi:http` hello handler served by wasmpod (`ctr run
+//! --net-host`) under `wrk -t2 -c16 -d10s` on loopback: requests per second
+//! and p50/p99 latency, beside `wasmtime serve -Scli` of the same component
+//! when a `wasmtime` CLI is on `PATH`.
+//!
 //! B2 density: N long-running containers (N = 50 and 200; `WASMPOD_BENCH_DENSITY`
 //! overrides) of each runtime: the sum of the PSS of every process they add
 //! (shims included, `/proc/PID/smaps_rollup`) and the drop in MemAvailable,
@@ -24,7 +29,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use wasmpod_e2e::guests::{compute_binaries, guest};
+use wasmpod_e2e::guests::{compute_binaries, guest, http_guest};
 use wasmpod_e2e::images::{base_spec, busybox_image, image_tar, wasm_image};
 use wasmpod_e2e::{workspace_root, Containerd, ContainerdOptions, RUNTIME};
 use wasmpod_oci::layout::Entry;
@@ -32,6 +37,7 @@ use wasmpod_oci::layout::Entry;
 const WASM_IMAGE: &str = "docker.io/wasmpod/bench-hello:latest";
 const BUSYBOX_IMAGE: &str = "docker.io/wasmpod/bench-busybox:latest";
 const PROBE_IMAGE: &str = "docker.io/wasmpod/bench-probe:latest";
+const HTTP_IMAGE: &str = "docker.io/wasmpod/bench-http:latest";
 const COMPUTE_WASM_IMAGE: &str = "docker.io/wasmpod/bench-compute:wasm";
 const COMPUTE_NATIVE_IMAGE: &str = "docker.io/wasmpod/bench-compute:native";
 /// Work units of the compute program (about a second natively here).
@@ -84,6 +90,7 @@ fn main() -> Result<()> {
         busybox_image(BUSYBOX_IMAGE)?,
         wasm_image(PROBE_IMAGE, &probe, "/probe.wasm")?,
         wasm_image(COMPUTE_WASM_IMAGE, &compute_wasm, "/compute.wasm")?,
+        wasm_image(HTTP_IMAGE, &http_guest()?, "/http.wasm")?,
         image_tar(&native)?,
     ] {
         cd.ctr(&[
@@ -191,6 +198,7 @@ fn main() -> Result<()> {
     );
     let b3 = throughput(&cd)?;
     let b4 = compute(&cd)?;
+    let b5 = http(&cd)?;
     let b2 = density(&cd)?;
     cd.assert_no_leftovers()?;
 
@@ -200,7 +208,7 @@ fn main() -> Result<()> {
     std::fs::write(
         &path,
         serde_json::to_vec_pretty(
-            &serde_json::json!({ "b1": json, "b2": b2, "b3": b3, "b4": b4 }),
+            &serde_json::json!({ "b1": json, "b2": b2, "b3": b3, "b4": b4, "b5": b5 }),
         )?,
     )?;
     println!("\nresults: {}", path.display());
@@ -426,4 +434,137 @@ fn density(cd: &Containerd) -> Result<serde_json::Value> {
         }
     }
     Ok(serde_json::Value::Array(rows))
+}
+
+/// A free loopback port.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until `port` on loopback accepts connections.
+fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "nothing listens on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// `wrk -t2 -c16 -d10s --latency` against `url`: (req/s, p50 ms, p99 ms).
+fn wrk(url: &str) -> Result<(f64, f64, f64)> {
+    let mut cmd = std::process::Command::new("wrk");
+    cmd.args(["-t2", "-c16", "-d10s", "--latency", url]);
+    let out = wasmpod_e2e::process::run_with_timeout(&mut cmd, None, Duration::from_secs(60))
+        .context("run wrk (apt install wrk)")?;
+    ensure!(out.success(), "wrk: {out:?}");
+    let ms = |v: &str| -> Option<f64> {
+        let v = v.trim();
+        if let Some(x) = v.strip_suffix("us") {
+            x.parse::<f64>().ok().map(|x| x / 1e3)
+        } else if let Some(x) = v.strip_suffix("ms") {
+            x.parse().ok()
+        } else if let Some(x) = v.strip_suffix('s') {
+            x.parse::<f64>().ok().map(|x| x * 1e3)
+        } else {
+            None
+        }
+    };
+    let mut rps = None;
+    let (mut p50, mut p99) = (None, None);
+    let mut errors = 0u64;
+    for line in out.stdout.lines() {
+        let l = line.trim();
+        if let Some(v) = l.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse().ok();
+        } else if let Some(v) = l.strip_prefix("50%") {
+            p50 = ms(v);
+        } else if let Some(v) = l.strip_prefix("99%") {
+            p99 = ms(v);
+        } else if l.starts_with("Non-2xx") || l.starts_with("Socket errors") {
+            errors += 1;
+        }
+    }
+    ensure!(errors == 0, "wrk saw errors:\n{}", out.stdout);
+    Ok((
+        rps.context("no Requests/sec from wrk")?,
+        p50.context("no p50 from wrk")?,
+        p99.context("no p99 from wrk")?,
+    ))
+}
+
+/// B5: HTTP throughput and latency of the hello handler.
+fn http(cd: &Containerd) -> Result<serde_json::Value> {
+    let port = free_port()?;
+    let id = "b5-http";
+    let env = format!("WASMPOD_HTTP_PORT={port}");
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--net-host",
+        "--runtime",
+        RUNTIME,
+        "--env",
+        &env,
+        HTTP_IMAGE,
+        id,
+    ])?;
+    let result = (|| {
+        wait_port(port)?;
+        wrk(&format!("http://127.0.0.1:{port}/"))
+    })();
+    let _ = cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cd.ctr(&["tasks", "rm", id]).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cd.ctr(&["containers", "rm", id])?;
+    let (rps, p50, p99) = result?;
+
+    // The same component under `wasmtime serve`, when a wasmtime CLI is installed.
+    let reference = match which("wasmtime") {
+        Some(wasmtime) => {
+            let port = free_port()?;
+            let mut child = std::process::Command::new(wasmtime)
+                .args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")])
+                .arg(http_guest()?)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("start wasmtime serve")?;
+            let r = wait_port(port).and_then(|()| wrk(&format!("http://127.0.0.1:{port}/")));
+            let _ = child.kill();
+            let _ = child.wait();
+            Some(r?)
+        }
+        None => None,
+    };
+    println!("\n## B5 HTTP: hello handler, `wrk -t2 -c16 -d10s` on loopback\n");
+    println!("| server | req/s | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|");
+    println!("| wasmpod (wasi:http component in a container) | {rps:.0} | {p50:.2} | {p99:.2} |");
+    match reference {
+        Some((r, a, b)) => {
+            println!("| wasmtime serve -Scli | {r:.0} | {a:.2} | {b:.2} |");
+            println!("\nwasmpod / wasmtime serve: {:.2}×", rps / r);
+        }
+        None => println!("\n(no `wasmtime` CLI on PATH: `cargo install --locked wasmtime-cli --version 48.0.8` to compare)"),
+    }
+    Ok(serde_json::json!({
+        "wasmpod": {"rps": rps, "p50_ms": p50, "p99_ms": p99},
+        "wasmtime_serve": reference.map(|(r, a, b)| serde_json::json!({"rps": r, "p50_ms": a, "p99_ms": b})),
+    }))
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+    })
 }

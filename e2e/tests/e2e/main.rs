@@ -8,6 +8,7 @@ mod common;
 mod cri;
 mod exec;
 mod harness;
+mod http;
 mod installer;
 mod network;
 mod pods;
