@@ -1,15 +1,16 @@
 //! `wasi:http` components served from pods, through CRI: two Wasm pods, A
 //! calls B over HTTP at B's pod IP, the host calls A; a trapping handler gets
 //! 500 while the next request succeeds; a spinning handler is ended by the
-//! request timeout; SIGTERM (StopContainer) lets a slow request finish and
-//! the container exits 0.
+//! request timeout; a request past the container's memory limit fails alone;
+//! SIGTERM (StopContainer) lets a slow request finish and the container
+//! exits 0.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use wasmpod_e2e::cri::{api, container_config, Pod, HANDLER};
+use wasmpod_e2e::cri::{api, container_config, with_memory_limit, Pod, HANDLER};
 use wasmpod_e2e::guests::http_guest;
 use wasmpod_e2e::images::wasm_image;
 use wasmpod_e2e::{Containerd, ContainerdOptions};
@@ -92,10 +93,13 @@ fn http_components_serve_call_each_other_fail_per_request_and_drain() -> Result<
 
     let mut a = Pod::run(&cd, &cri, Pod::config(&cd, "http-a"), HANDLER)?;
     let mut b = Pod::run(&cd, &cri, Pod::config(&cd, "http-b"), HANDLER)?;
-    let a_cfg = with_env(
-        container_config("a", IMAGE, &[], &[]),
-        "WASMPOD_HTTP_TIMEOUT_MS",
-        "1000",
+    let a_cfg = with_memory_limit(
+        with_env(
+            container_config("a", IMAGE, &[], &[]),
+            "WASMPOD_HTTP_TIMEOUT_MS",
+            "1000",
+        ),
+        128 << 20,
     );
     let b_cfg = with_env(
         container_config("b", IMAGE, &[], &[]),
@@ -137,6 +141,17 @@ fn http_components_serve_call_each_other_fail_per_request_and_drain() -> Result<
     ensure!(status == 500, "spin: {status}");
     let (status, _) = get(a_addr, "/", t)?;
     ensure!(status == 200, "after a spin: {status}");
+    // Memory per request: within A's 128 MiB limit a request may allocate,
+    // one that asks for more fails alone (its memory.grow is refused).
+    let (status, body) = get(a_addr, "/alloc?mib=16", t)?;
+    ensure!(
+        status == 200 && body == "allocated 16\n",
+        "alloc 16: {status} {body:?}"
+    );
+    let (status, _) = get(a_addr, "/alloc?mib=512", t)?;
+    ensure!(status == 500, "alloc 512 in a 128 MiB container: {status}");
+    let (status, _) = get(a_addr, "/", t)?;
+    ensure!(status == 200, "after a refused allocation: {status}");
     let log = a.log_lines(&a_cfg)?;
     ensure!(
         log.iter()
