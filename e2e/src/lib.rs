@@ -25,6 +25,7 @@
 //! - [`leftovers`]: what "nothing left behind" means, and how it is checked,
 //! - [`guests`]: building the Wasm guest programs under `e2e/guests`,
 //! - [`images`]: OCI image-layout tars for `ctr images import`,
+//! - [`http_client`]: one-shot HTTP GETs for the tests,
 //! - [`process`]: running a command with a timeout,
 //! - [`registry`]: a private OCI registry (Debian's `docker-registry`) on loopback.
 //!
@@ -42,6 +43,7 @@
 pub mod containerd;
 pub mod cri;
 pub mod guests;
+pub mod http_client;
 pub mod images;
 pub mod leftovers;
 pub mod process;

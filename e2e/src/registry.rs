@@ -2,8 +2,7 @@
 //! (distribution 2.8) on a free 127.0.0.1 port, its storage in a directory
 //! the caller owns. It is killed (by its pid) and reaped on drop.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -96,28 +95,17 @@ impl Registry {
             .join("data")
     }
 
-    /// A plain HTTP/1.0 GET on the registry: status code and body.
-    pub fn get(&self, path: &str) -> Result<(u16, Vec<u8>)> {
-        let mut conn = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
-        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            conn,
-            "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json\r\n\r\n",
-            self.addr
-        )?;
-        let mut resp = Vec::new();
-        conn.read_to_end(&mut resp)?;
-        let head_end = resp
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .context("no HTTP header end")?;
-        let head = String::from_utf8_lossy(&resp[..head_end]);
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("no HTTP status")?;
-        Ok((code, resp[head_end + 4..].to_vec()))
+    /// A GET on the registry (accepting OCI manifests and indexes).
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        crate::http_client::get(
+            self.addr,
+            path,
+            &[(
+                "Accept",
+                "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json",
+            )],
+            Duration::from_secs(10),
+        )
     }
 }
 

@@ -113,15 +113,11 @@ impl Artifact for Component {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The entry name for `wasm` under `engine`.
 pub fn key(engine: &Engine, wasm: &[u8]) -> String {
     let mut h = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
-    format!("{}-{:016x}", hex(&Sha256::digest(wasm)), h.finish())
+    format!("{}-{:016x}", hex::encode(Sha256::digest(wasm)), h.finish())
 }
 
 /// Compiles `wasm`, or loads it from the cache. Compile errors are returned;
@@ -162,7 +158,7 @@ fn lookup<A: Artifact>(
 ) -> Option<A> {
     let want = std::fs::read_to_string(digest_path).ok()?;
     let bytes = std::fs::read(path).ok()?;
-    if hex(&Sha256::digest(&bytes)) != want.trim() {
+    if hex::encode(Sha256::digest(&bytes)) != want.trim() {
         warn(format!(
             "module cache: {} does not match its digest: discarded",
             path.display()
@@ -200,7 +196,7 @@ fn store<A: Artifact>(
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(&config.dir)?;
     let bytes = artifact.serialize().map_err(std::io::Error::other)?;
-    let digest = hex(&Sha256::digest(&bytes));
+    let digest = hex::encode(Sha256::digest(&bytes));
     write_atomic(&config.dir, digest_path, digest.as_bytes())?;
     write_atomic(&config.dir, path, &bytes)?;
     evict(config);

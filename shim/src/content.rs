@@ -195,30 +195,10 @@ async fn read_document(
     ns: &str,
     digest: &str,
 ) -> std::result::Result<Document, String> {
-    let mut stream = call(content.read(with_namespace!(
-        ReadContentRequest {
-            digest: digest.to_owned(),
-            offset: 0,
-            size: 0,
-        },
-        ns
-    )))
-    .await
-    .map_err(|e| format!("read {digest}: {e}"))?;
     let mut bytes = Vec::new();
-    while let Some(chunk) = stream
-        .message()
+    copy_blob(content, ns, digest, MAX_DOCUMENT_SIZE, None, &mut bytes)
         .await
-        .map_err(|e| format!("read {digest}: {}", e.message()))?
-    {
-        bytes.extend_from_slice(&chunk.data);
-        if bytes.len() as u64 > MAX_DOCUMENT_SIZE {
-            return Err(format!("{digest}: larger than {MAX_DOCUMENT_SIZE} bytes"));
-        }
-    }
-    if sha256(&bytes) != digest {
-        return Err(format!("{digest}: content does not match its digest"));
-    }
+        .map_err(|e| format!("read {digest}: {e}"))?;
     parse_document(&bytes).map_err(|e| format!("{digest}: {e}"))
 }
 
@@ -229,51 +209,62 @@ async fn stream_blob(
     layer: &Descriptor,
     path: &Path,
 ) -> std::result::Result<(), String> {
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| format!("create {}: {e}", path.display()))?;
     let digest = layer.digest().to_string();
+    copy_blob(
+        content,
+        ns,
+        &digest,
+        layer.size(),
+        Some(layer.size()),
+        &mut file,
+    )
+    .await?;
+    file.flush()
+        .await
+        .map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// Copies blob `digest` from the content store into `out` chunk by chunk,
+/// refusing more than `max` bytes, a size other than `size` (when given),
+/// and content whose sha256 is not `digest`.
+async fn copy_blob<W: tokio::io::AsyncWrite + Unpin>(
+    content: &mut ContentClient<Channel>,
+    ns: &str,
+    digest: &str,
+    max: u64,
+    size: Option<u64>,
+    out: &mut W,
+) -> std::result::Result<(), String> {
     let mut stream = call(content.read(with_namespace!(
         ReadContentRequest {
-            digest: digest.clone(),
+            digest: digest.to_owned(),
             offset: 0,
             size: 0,
         },
         ns
     )))
     .await?;
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| format!("create {}: {e}", path.display()))?;
     let mut hasher = Sha256::new();
-    let mut size = 0u64;
+    let mut total = 0u64;
     while let Some(chunk) = stream.message().await.map_err(|e| e.message().to_owned())? {
-        size += chunk.data.len() as u64;
-        if size > layer.size() {
-            return Err(format!(
-                "more bytes than the {} the manifest says",
-                layer.size()
-            ));
+        total += chunk.data.len() as u64;
+        if total > max {
+            return Err(format!("more than {max} bytes"));
         }
         hasher.update(&chunk.data);
-        file.write_all(&chunk.data)
+        out.write_all(&chunk.data)
             .await
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
+            .map_err(|e| format!("write: {e}"))?;
     }
-    file.flush()
-        .await
-        .map_err(|e| format!("write {}: {e}", path.display()))?;
-    let got = format!("sha256:{}", hex(&hasher.finalize()));
-    if size != layer.size() || got != digest {
+    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if got != digest || size.is_some_and(|s| s != total) {
         return Err(format!(
-            "content ({size} bytes, {got}) does not match the manifest ({} bytes)",
-            layer.size()
+            "content ({total} bytes, {got}) does not match the manifest{}",
+            size.map(|s| format!(" ({s} bytes)")).unwrap_or_default()
         ));
     }
     Ok(())
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

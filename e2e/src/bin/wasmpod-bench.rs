@@ -395,16 +395,7 @@ fn density_run(cd: &Containerd, n: usize, wasm: bool) -> Result<(f64, f64, usize
     let procs = cd.processes()?;
     let pss: u64 = procs.iter().map(|p| pss_kib(p.pid)).sum();
     let after = mem_available_kib()?;
-    for id in &ids {
-        let _ = cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
-    }
-    for id in &ids {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while cd.ctr(&["tasks", "rm", id]).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        cd.ctr(&["containers", "rm", id])?;
-    }
+    remove_detached(cd, &ids)?;
     let per = |kib: f64| kib / n as f64 / 1024.0;
     Ok((
         per(pss as f64),
@@ -518,12 +509,7 @@ fn http(cd: &Containerd) -> Result<serde_json::Value> {
         wait_port(port)?;
         wrk(&format!("http://127.0.0.1:{port}/"))
     })();
-    let _ = cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while cd.ctr(&["tasks", "rm", id]).is_err() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cd.ctr(&["containers", "rm", id])?;
+    remove_detached(cd, &[id.to_owned()])?;
     let (rps, p50, p99) = result?;
 
     // The same component under `wasmtime serve`, when a wasmtime CLI is installed.
@@ -567,4 +553,20 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
             .map(|d| d.join(name))
             .find(|f| f.is_file())
     })
+}
+
+/// Kills detached (`ctr run -d`) containers and removes their tasks and
+/// containers, waiting up to 20 s for each task to exit.
+fn remove_detached(cd: &Containerd, ids: &[String]) -> Result<()> {
+    for id in ids {
+        let _ = cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+    }
+    for id in ids {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cd.ctr(&["tasks", "rm", id]).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cd.ctr(&["containers", "rm", id])?;
+    }
+    Ok(())
 }

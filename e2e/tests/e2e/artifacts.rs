@@ -83,6 +83,22 @@ fn pulls_artifacts(cri: &Cri) -> Result<bool> {
     })
 }
 
+/// A CRI containerd that pulls artifacts, or `None` (with a note) on one
+/// too old: its pull error is checked by the first test of this module.
+fn artifact_containerd() -> Result<Option<(Containerd, Cri)>> {
+    let cd = cri_containerd()?;
+    let cri = cd.cri()?;
+    if pulls_artifacts(&cri)? {
+        return Ok(Some((cd, cri)));
+    }
+    eprintln!(
+        "containerd {} cannot pull artifacts",
+        cri.version()?.runtime_version
+    );
+    cd.assert_no_leftovers()?;
+    Ok(None)
+}
+
 /// `bytes` with a custom section named `wasmpod-e2e` holding `payload`
 /// appended: the same program, a different digest (and size).
 fn with_custom_section(bytes: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -269,16 +285,9 @@ fn classic_images_and_artifacts_pushed_pulled_and_run_through_cri() -> Result<()
 
 #[test]
 fn multi_layer_artifacts_run_the_layer_the_pod_names() -> Result<()> {
-    let cd = cri_containerd()?;
-    let cri = cd.cri()?;
-    if !pulls_artifacts(&cri)? {
-        // Covered by the pull-error check of the test above.
-        eprintln!(
-            "containerd {} cannot pull artifacts",
-            cri.version()?.runtime_version
-        );
+    let Some((cd, cri)) = artifact_containerd()? else {
         return Ok(());
-    }
+    };
     let registry = Registry::start(&cd.tempdir().join("registry"))?;
     let host = registry.host();
     let dir = cd.tempdir();
@@ -467,15 +476,9 @@ fn unreachable_registries_and_corrupt_layers_are_refused() -> Result<()> {
 #[test]
 fn huge_layers_stream_through_the_shim_in_bounded_memory() -> Result<()> {
     const PAYLOAD: usize = 192 << 20;
-    let cd = cri_containerd()?;
-    let cri = cd.cri()?;
-    if !pulls_artifacts(&cri)? {
-        eprintln!(
-            "containerd {} cannot pull artifacts",
-            cri.version()?.runtime_version
-        );
+    let Some((cd, cri)) = artifact_containerd()? else {
         return Ok(());
-    }
+    };
     let registry = Registry::start(&cd.tempdir().join("registry"))?;
     let reference = format!("{}/e2e/huge:v1", registry.host());
     let hello = std::fs::read(guest(P1, "hello")?)?;

@@ -5,11 +5,10 @@
 //! SIGTERM (StopContainer) lets a slow request finish and the container
 //! exits 0.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use wasmpod_e2e::cri::{api, container_config, with_memory_limit, Pod, HANDLER};
 use wasmpod_e2e::guests::http_guest;
 use wasmpod_e2e::images::wasm_image;
@@ -17,49 +16,9 @@ use wasmpod_e2e::{Containerd, ContainerdOptions};
 
 const IMAGE: &str = "docker.io/wasmpod-e2e/http:1";
 
-/// One HTTP/1.1 GET with `Connection: close`: (status, body).
+/// `GET path` on `addr`: (status, body).
 fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connect {addr}"))?;
-    conn.set_read_timeout(Some(timeout))?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = Vec::new();
-    conn.read_to_end(&mut resp)
-        .with_context(|| format!("read the answer to GET {path} from {addr}"))?;
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    wasmpod_e2e::http_client::get(addr, path, &[], timeout)
 }
 
 /// Waits until `addr` answers `GET /` with 200.

@@ -288,10 +288,7 @@ async fn install(a: Install) -> Result<()> {
     }
     wait_for_handler(&t, host, &a.restart).await?;
     label(&a.api, Some("true")).await?;
-    if a.wait {
-        say("installed; waiting for SIGTERM");
-        wait_for_sigterm().await;
-    }
+    stay(a.wait, "installed").await;
     Ok(())
 }
 
@@ -324,10 +321,7 @@ async fn uninstall(a: Uninstall) -> Result<()> {
         say(format!("{} removed", bin.display()));
     }
     node::remove_state(&state_file);
-    if a.wait {
-        say("uninstalled; waiting for SIGTERM");
-        wait_for_sigterm().await;
-    }
+    stay(a.wait, "uninstalled").await;
     Ok(())
 }
 
@@ -494,6 +488,14 @@ async fn label(a: &ApiArgs, value: Option<&str>) -> Result<()> {
         None => format!("label {} removed from node {node}", a.label),
     });
     Ok(())
+}
+
+/// With `--wait`, keeps the process (a DaemonSet pod) running until SIGTERM.
+async fn stay(wait: bool, what: &str) {
+    if wait {
+        say(format!("{what}; waiting for SIGTERM"));
+        wait_for_sigterm().await;
+    }
 }
 
 async fn wait_for_sigterm() {
