@@ -86,6 +86,9 @@ struct Container {
     oom_kills: u64,
     backend: Backend,
     execs: HashMap<String, ExecProcess>,
+    /// Set by the `Delete` that removed it: a request that got hold of the
+    /// container before that (a racing second `Delete`) finds it gone.
+    deleted: bool,
 }
 
 /// A process added to a running container with `Exec` (`kubectl exec`).
@@ -330,6 +333,7 @@ impl Service {
                 oom_kills: 0,
                 backend: Backend::Wasm,
                 execs: HashMap::new(),
+                deleted: false,
             }));
             map.insert(id.clone(), c.clone());
             c
@@ -946,6 +950,9 @@ impl Service {
         }
         let container = self.container(&req.id)?;
         let mut c = container.lock().await;
+        if c.deleted {
+            return Err(Error::NotFound { id: req.id });
+        }
         match c.status {
             Status::Running => {
                 return Err(c.precondition("cannot delete a running task: kill it first"))
@@ -972,6 +979,9 @@ impl Service {
                     Ok(Ok(_))
                 );
                 c = container.lock().await;
+                if c.deleted {
+                    return Err(Error::NotFound { id: req.id });
+                }
                 match exited {
                     true => c.exited().unwrap_or(Exit {
                         code: 137,
@@ -997,6 +1007,7 @@ impl Service {
         }
         let _ = tokio::fs::remove_file(c.bundle.join(PID_FILE)).await;
         c.keepalive = Keepalive::default();
+        c.deleted = true;
         self.inner
             .containers
             .lock()

@@ -166,3 +166,17 @@ pub fn ctr_on_a_terminal(
         wasmpod_e2e::process::run_with_timeout(&mut cmd, None, std::time::Duration::from_secs(60))?;
     Ok((out.status, out.stdout.replace('\r', "")))
 }
+
+/// Removes the FIFO directories `ctr` left in the harness' FIFO directory:
+/// `ctr run -d` leaves its FIFOs to the client that made them.
+pub fn remove_ctr_fifos(cd: &Containerd) -> Result<()> {
+    let dir = cd.fifo_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry?.path();
+        std::fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
+    }
+    Ok(())
+}

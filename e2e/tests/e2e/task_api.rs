@@ -415,6 +415,10 @@ fn foreign_bundle(cd: &Containerd, like: &str, id: &str) -> Result<PathBuf> {
         .context("spec has no process.args")? = json!(["/probe.wasm", "spin"]);
     *spec.pointer_mut("/root").context("spec has no root")? =
         json!({"path": "rootfs", "readonly": false});
+    // A cgroup of its own, as containerd would give it.
+    if let Some(path) = spec.pointer_mut("/linux/cgroupsPath") {
+        *path = json!(format!("/{}/{id}", cd.namespace()));
+    }
     let bundle = cd.tempdir().join("bundles").join(id);
     let rootfs = bundle.join("rootfs");
     fs::create_dir_all(&rootfs).with_context(|| format!("create {}", rootfs.display()))?;
@@ -664,4 +668,346 @@ fn task_api_direct_requests() -> Result<()> {
     cd.ctr(&["tasks", "rm", &id])?;
     cd.ctr(&["containers", "rm", &id])?;
     cd.assert_no_leftovers()
+}
+
+/// Sends the same request pair from two threads at once; returns both results.
+fn race<A, B>(
+    a: impl FnOnce() -> ttrpc::Result<A> + Send,
+    b: impl FnOnce() -> ttrpc::Result<B> + Send,
+) -> (ttrpc::Result<A>, ttrpc::Result<B>)
+where
+    A: Send,
+    B: Send,
+{
+    let go = std::sync::Barrier::new(2);
+    thread::scope(|s| {
+        let ta = s.spawn(|| {
+            go.wait();
+            a()
+        });
+        let tb = s.spawn(|| {
+            go.wait();
+            b()
+        });
+        (
+            ta.join().expect("racing thread panicked"),
+            tb.join().expect("racing thread panicked"),
+        )
+    })
+}
+
+/// The gRPC code of a failed request (`None` when it succeeded).
+fn code_of<T>(r: &ttrpc::Result<T>) -> Option<Code> {
+    match r {
+        Ok(_) => None,
+        Err(ttrpc::Error::RpcStatus(s)) => Some(s.code()),
+        Err(_) => Some(Code::UNKNOWN),
+    }
+}
+
+/// Creates a task `id` straight through the shim of container `host`.
+fn create_foreign(cd: &Containerd, shim: &Shim, host: &str, id: &str) -> Result<u32> {
+    let bundle = foreign_bundle(cd, host, id)?;
+    let req = api::CreateTaskRequest {
+        id: id.to_owned(),
+        bundle: bundle.to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    Ok(shim
+        .client
+        .create(ctx(), &req)
+        .with_context(|| format!("Create {id}"))?
+        .pid)
+}
+
+/// Kills, waits for and deletes task `id` if it is still there.
+fn finish(shim: &Shim, id: &str) -> Result<()> {
+    match shim.state(id) {
+        Err(ttrpc::Error::RpcStatus(s)) if s.code() == Code::NOT_FOUND => return Ok(()),
+        Err(e) => bail!("State of {id}: {e}"),
+        Ok(_) => {}
+    }
+    let _ = shim.kill(id, 9);
+    let _ = shim.wait(id);
+    shim.delete(id).with_context(|| format!("Delete of {id}"))?;
+    Ok(())
+}
+
+#[test]
+fn racing_requests_on_one_task_have_one_winner() -> Result<()> {
+    let cd = Containerd::start(ContainerdOptions::default())?;
+    let image = probe_image(&cd, P1)?;
+    let host = cd.unique_id("race-host");
+    run_spinner(&cd, &image, &host)?;
+    let shim = Shim::connect(&cd, &host)?;
+    let mut pids = Vec::new();
+
+    for round in 0..4 {
+        // Two Starts: one starts the task, the other is refused.
+        let id = format!("{host}-start{round}");
+        pids.push(create_foreign(&cd, &shim, &host, &id)?);
+        let (a, b) = race(|| shim.start(&id), || shim.start(&id));
+        let codes = [code_of(&a), code_of(&b)];
+        ensure!(
+            codes.contains(&None) && codes.contains(&Some(Code::FAILED_PRECONDITION)),
+            "double Start of {id}: {a:?} / {b:?}"
+        );
+        ensure!(
+            shim.state(&id)?.status.enum_value() == Ok(api::Status::RUNNING),
+            "{id} not running after the double Start"
+        );
+
+        // Delete during Start: either the task starts and the Delete is
+        // refused (it runs), or the Delete wins and the Start finds nothing.
+        let id = format!("{host}-delstart{round}");
+        pids.push(create_foreign(&cd, &shim, &host, &id)?);
+        let (start, delete) = race(|| shim.start(&id), || shim.delete(&id));
+        match (code_of(&start), code_of(&delete)) {
+            (None, Some(Code::FAILED_PRECONDITION)) => finish(&shim, &id)?,
+            (Some(Code::NOT_FOUND | Code::FAILED_PRECONDITION), None) => expect_code(
+                "State after Delete won",
+                shim.state(&id),
+                Code::NOT_FOUND,
+                &id,
+            )?,
+            _ => bail!("Start/Delete race on {id}: {start:?} / {delete:?}"),
+        }
+
+        // Kill and Delete of a running task: the Kill lands; the Delete is
+        // refused while the task runs, or succeeds once it has exited.
+        let id = format!("{host}-killdel{round}");
+        pids.push(create_foreign(&cd, &shim, &host, &id)?);
+        shim.start(&id)?;
+        let (kill, delete) = race(|| shim.kill(&id, 9), || shim.delete(&id));
+        ensure!(
+            matches!(code_of(&kill), None | Some(Code::NOT_FOUND)),
+            "Kill racing Delete on {id}: {kill:?}"
+        );
+        ensure!(
+            matches!(code_of(&delete), None | Some(Code::FAILED_PRECONDITION)),
+            "Delete racing Kill on {id}: {delete:?}"
+        );
+        if delete.is_err() {
+            let waited = shim.wait(&id).context("Wait after the race")?;
+            ensure!(waited.exit_status == 137, "{id}: {waited:?}");
+            shim.delete(&id).context("Delete after the race")?;
+        }
+
+        // Two Deletes of an exited task: one result, one NOT_FOUND.
+        let id = format!("{host}-deldel{round}");
+        pids.push(create_foreign(&cd, &shim, &host, &id)?);
+        shim.start(&id)?;
+        shim.kill(&id, 9)?;
+        shim.wait(&id)?;
+        let (a, b) = race(|| shim.delete(&id), || shim.delete(&id));
+        let codes = [code_of(&a), code_of(&b)];
+        ensure!(
+            codes.contains(&None) && codes.contains(&Some(Code::NOT_FOUND)),
+            "double Delete of {id}: {a:?} / {b:?}"
+        );
+    }
+    for round in 0..4 {
+        finish(&shim, &format!("{host}-start{round}"))?;
+    }
+    // The host still answers: nothing in the races took the shim down.
+    ensure!(
+        shim.state(&host)?.status.enum_value() == Ok(api::Status::RUNNING),
+        "the host task is no longer running"
+    );
+    for pid in pids {
+        ensure!(!process_exists(pid), "runner {pid} outlived its task");
+    }
+    drop(shim);
+    remove_container(&cd, &host)?;
+    cd.assert_no_leftovers()
+}
+
+/// Whether a thread of process `pid` sleeps in a pipe write.
+fn blocked_in_pipe_write(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .any(|t| fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("pipe_write")))
+}
+
+#[test]
+fn guest_blocked_on_an_unread_pipe_stays_killable() -> Result<()> {
+    let cd = Containerd::start(ContainerdOptions::default())?;
+    let image = probe_image(&cd, P1)?;
+    // `ctr run -d` makes the FIFOs and leaves: nobody reads the guest's
+    // stdout, which fills after 64 KiB.
+    for (signal, code) in [(15u32, 143u32), (9, 137)] {
+        let id = cd.unique_id(&format!("flood{signal}"));
+        cd.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            &image,
+            &id,
+            "/probe.wasm",
+            "stdout-flood",
+            "64",
+        ])?;
+        let pid = running_pid(&cd, &id)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !blocked_in_pipe_write(pid) {
+            ensure!(
+                Instant::now() < deadline,
+                "runner {pid} of {id} never blocked writing its stdout"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        let shim = Shim::connect(&cd, &id)?;
+        let sent = Instant::now();
+        shim.kill(&id, signal)
+            .with_context(|| format!("Kill {signal} of {id}"))?;
+        let waited = shim.wait(&id).context("Wait")?;
+        ensure!(
+            waited.exit_status == code,
+            "{id}: signal {signal} gave {waited:?}, want exit {code}"
+        );
+        ensure!(
+            sent.elapsed() < Duration::from_secs(5),
+            "{id}: exit took {:?}",
+            sent.elapsed()
+        );
+        drop(shim);
+        cd.ctr(&["tasks", "rm", &id])?;
+        cd.ctr(&["containers", "rm", &id])?;
+    }
+    // `ctr run -d` leaves its FIFOs to the client that made them.
+    crate::common::remove_ctr_fifos(&cd)?;
+    cd.assert_no_leftovers()
+}
+
+/// The shim process is SIGKILLed while its container runs: containerd runs
+/// the shim binary's `delete` action in the bundle, which must end the
+/// orphaned runner, unmount the rootfs and remove the cgroup from what is on
+/// disk alone; containerd publishes the exit; the pod starts new containers.
+#[test]
+fn killed_shim_is_cleaned_up_and_its_pod_starts_new_containers() -> Result<()> {
+    let cd = Containerd::start(ContainerdOptions::default())?;
+    let image = probe_image(&cd, P1)?;
+    let mut events = EventStream::start(&cd)?;
+    let sandbox = cd.unique_id("pod");
+    let in_pod = format!("io.kubernetes.cri.sandbox-id={sandbox}");
+    let id = cd.unique_id("orphan");
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--annotation",
+        &in_pod,
+        "--runtime",
+        RUNTIME,
+        &image,
+        &id,
+        "/probe.wasm",
+        "spin",
+    ])?;
+    let runner = running_pid(&cd, &id)?;
+    let bundle = bundle_dir(&cd, &id);
+    let cgroup_procs = leftovers_cgroup_of(runner)?;
+    // The shim is the runner's parent.
+    let stat = fs::read_to_string(format!("/proc/{runner}/stat"))?;
+    let ppid: i32 = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .context("ppid")?
+        .parse()?;
+    let shim_cmd = fs::read_to_string(format!("/proc/{ppid}/cmdline"))?;
+    ensure!(
+        shim_cmd.contains(wasmpod_e2e::SHIM_BINARY),
+        "runner {runner}'s parent {ppid} is {shim_cmd:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ppid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+
+    // containerd notices, runs the shim binary's `delete` on the bundle,
+    // and publishes the exit: the runner is gone, so is its cgroup.
+    let exit = events
+        .wait_for(&id, EXIT)
+        .context("no TaskExit after the shim was killed")?;
+    ensure!(
+        exit.number("exit_status") == 137,
+        "TaskExit after the shim died: {}",
+        exit.line
+    );
+    ensure!(
+        !process_exists(runner)
+            || fs::read_to_string(format!("/proc/{runner}/stat")).is_ok_and(|s| s.contains(") Z")),
+        "runner {runner} survived its shim"
+    );
+    if let Some(dir) = cgroup_procs {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dir.exists() {
+            ensure!(
+                Instant::now() < deadline,
+                "cgroup {} outlived the dead shim",
+                dir.display()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    ensure!(
+        !bundle
+            .join("rootfs")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some()),
+        "rootfs of {id} still mounted"
+    );
+
+    // The pod goes on: a new container of the same sandbox starts (with a
+    // new shim for the pod) and runs to completion.
+    let next = cd.unique_id("next");
+    let out = crate::common::run(
+        &cd,
+        &["--annotation", &in_pod],
+        &image,
+        &next,
+        &["/probe.wasm", "args", "again"],
+    )?;
+    ensure!(
+        out.status == Some(0) && out.stdout.contains("again"),
+        "a new container of the pod: {out:?}"
+    );
+
+    let _ = cd.ctr_output(&["tasks", "rm", "-f", &id])?;
+    cd.ctr(&["containers", "rm", &id])?;
+    crate::common::remove_ctr_fifos(&cd)?;
+    events.stop()?;
+    cd.assert_no_leftovers()
+}
+
+/// The cgroup directory (in the first hierarchy that has one) holding
+/// process `pid`, if it is not the root.
+fn leftovers_cgroup_of(pid: u32) -> Result<Option<PathBuf>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctl, path) = (parts.next(), parts.next(), parts.next());
+        let (Some(ctl), Some(path)) = (ctl, path) else {
+            continue;
+        };
+        if path == "/" {
+            continue;
+        }
+        let ctl = ctl
+            .split(',')
+            .find(|c| !c.is_empty() && !c.starts_with("name="));
+        if let Some(ctl) = ctl {
+            let dir = Path::new("/sys/fs/cgroup")
+                .join(ctl)
+                .join(path.trim_start_matches('/'));
+            if dir.is_dir() {
+                return Ok(Some(dir));
+            }
+        }
+    }
+    Ok(None)
 }

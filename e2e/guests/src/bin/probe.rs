@@ -26,7 +26,14 @@ actions:
   alloc MIB [SECS]     allocate and touch MIB mebibytes, then hold them SECS seconds
   serve PORT N         listen on 0.0.0.0:PORT (wasi:sockets), answer N connections with `hello from wasm`
   burn SECS            busy-loop for SECS seconds, then print `burned`
-  stdout-flood MIB     write MIB mebibytes of `x` lines to stdout";
+  stdout-flood MIB     write MIB mebibytes of `x` lines to stdout
+  tick MS N [CODE]     every MS ms print `tick I` padded to 1 KiB (I from 1; N = 0: forever), then exit CODE
+  recurse              recurse without bound (a stack overflow)
+  truncate PATH        truncate PATH to zero length
+  link FROM TO         hard-link FROM as TO
+  rename FROM TO       rename FROM to TO
+  rm PATH              remove the file PATH
+  mkdir PATH           create the directory PATH";
 
 const MIB: usize = 1024 * 1024;
 const PAGE: usize = 4096;
@@ -70,6 +77,24 @@ fn main() {
         ("serve", [port, count]) => serve(parse(port), parse(count)),
         ("burn", [secs]) => burn(Duration::from_secs_f64(parse(secs))),
         ("stdout-flood", [mib]) => stdout_flood(parse(mib)),
+        ("tick", [ms, n]) => tick(parse(ms), parse(n), 0),
+        ("tick", [ms, n, code]) => tick(parse(ms), parse(n), parse(code)),
+        ("recurse", []) => {
+            println!("recursing");
+            flush_stdout();
+            println!("depth {}", recurse(black_box(1)));
+        }
+        ("truncate", [path]) => fs_op("truncate", path, || {
+            fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(path)
+                .map(drop)
+        }),
+        ("link", [from, to]) => fs_op("link", to, || fs::hard_link(from, to)),
+        ("rename", [from, to]) => fs_op("rename", to, || fs::rename(from, to)),
+        ("rm", [path]) => fs_op("rm", path, || fs::remove_file(path)),
+        ("mkdir", [path]) => fs_op("mkdir", path, || fs::create_dir(path)),
         _ => usage(),
     }
 }
@@ -258,4 +283,38 @@ fn stdout_flood(mib: usize) {
     }
     drop(out);
     eprintln!("flood done");
+}
+
+/// Prints `tick I` lines padded to 1 KiB every `ms` milliseconds, `n` of
+/// them (0: forever), then exits with `code`. Each line is flushed, so a
+/// reader that stops reading blocks the guest once the pipe is full.
+fn tick(ms: u64, n: u64, code: i32) {
+    let mut i: u64 = 1;
+    while n == 0 || i <= n {
+        let mut line = format!("tick {i} ");
+        line.extend(std::iter::repeat_n('.', 1023 - line.len()));
+        println!("{line}");
+        flush_stdout();
+        std::thread::sleep(Duration::from_millis(ms));
+        i += 1;
+    }
+    exit(code)
+}
+
+/// Recurses until the stack runs out; the frame holds a buffer so each
+/// level costs real stack.
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let buf = black_box([depth as u8; 256]);
+    recurse(black_box(depth + 1)) + u64::from(buf[0])
+}
+
+/// Runs one file-system operation on `path`; prints `OP PATH: ok`, or the
+/// error and exits 1.
+fn fs_op(op: &str, path: &str, f: impl FnOnce() -> io::Result<()>) {
+    match f() {
+        Ok(()) => println!("{op} {path}: ok"),
+        Err(err) => fail(format_args!("{op} {path}: {err}")),
+    }
 }
