@@ -143,7 +143,7 @@ impl Runner {
         // The shim library's SIGCHLD handler reaps the runner; never wait on
         // `child` here.
         drop(child);
-        let exit = exits.watch(pid);
+        let mut exit = exits.watch(pid);
 
         let result = async {
             // Join the cgroup before the runner reads its request: everything
@@ -176,10 +176,8 @@ impl Runner {
             })?
             .map_err(|e| runner_err("read reply", e))?;
             if read == 0 {
-                return Err(runner_err(
-                    "load workload",
-                    std::io::Error::other("runner exited before replying"),
-                ));
+                let why = died_while_loading(&mut exit, cgroup).await;
+                return Err(runner_err("load workload", std::io::Error::other(why)));
             }
             match serde_json::from_str::<Reply>(&reply) {
                 Ok(Reply::Ready {
@@ -231,6 +229,33 @@ impl Runner {
                 what: "start",
                 source,
             })
+    }
+}
+
+/// Why a runner closed its control socket before replying: its exit (a
+/// signal, most often the kernel's OOM killer charging the module's bytes to
+/// the container) and whether its cgroup saw an OOM kill.
+async fn died_while_loading(
+    exit: &mut oneshot::Receiver<Exit>,
+    cgroup: Option<&ContainerCgroup>,
+) -> String {
+    let code = match tokio::time::timeout(Duration::from_secs(2), exit).await {
+        Ok(Ok(e)) => Some(e.code),
+        _ => None,
+    };
+    let oom = cgroup.is_some_and(|cg| cg.oom_kills() > 0);
+    match (code, oom) {
+        (_, true) => "runner was killed by the kernel's OOM killer while loading the Wasm: \
+                      the container's memory limit is too small for this module"
+            .to_owned(),
+        (Some(c), false) if c > 128 => {
+            format!(
+                "runner was killed by signal {} while loading the Wasm",
+                c - 128
+            )
+        }
+        (Some(c), false) => format!("runner exited with code {c} before replying"),
+        (None, false) => "runner closed its control socket before replying".to_owned(),
     }
 }
 

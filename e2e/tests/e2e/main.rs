@@ -12,5 +12,6 @@ mod http;
 mod installer;
 mod network;
 mod pods;
+mod sandbox;
 mod shim;
 mod task_api;
