@@ -405,6 +405,16 @@ fn process_exists(pid: u32) -> bool {
 /// container `like` (running `/probe.wasm spin`) over a plain rootfs
 /// directory holding the probe.
 fn foreign_bundle(cd: &Containerd, like: &str, id: &str) -> Result<PathBuf> {
+    foreign_bundle_with(cd, like, id, |_| Ok(()))
+}
+
+/// [`foreign_bundle`] with `edit` applied to its spec.
+fn foreign_bundle_with(
+    cd: &Containerd,
+    like: &str,
+    id: &str,
+    edit: impl FnOnce(&mut Value) -> Result<()>,
+) -> Result<PathBuf> {
     let spec_path = bundle_dir(cd, like).join("config.json");
     let text =
         fs::read_to_string(&spec_path).with_context(|| format!("read {}", spec_path.display()))?;
@@ -419,6 +429,7 @@ fn foreign_bundle(cd: &Containerd, like: &str, id: &str) -> Result<PathBuf> {
     if let Some(path) = spec.pointer_mut("/linux/cgroupsPath") {
         *path = json!(format!("/{}/{id}", cd.namespace()));
     }
+    edit(&mut spec)?;
     let bundle = cd.tempdir().join("bundles").join(id);
     let rootfs = bundle.join("rootfs");
     fs::create_dir_all(&rootfs).with_context(|| format!("create {}", rootfs.display()))?;
@@ -817,6 +828,146 @@ fn racing_requests_on_one_task_have_one_winner() -> Result<()> {
     for pid in pids {
         ensure!(!process_exists(pid), "runner {pid} outlived its task");
     }
+    drop(shim);
+    remove_container(&cd, &host)?;
+    cd.assert_no_leftovers()
+}
+
+/// Bundles no runtime should run: each Create is refused with an error that
+/// names the container and what is wrong, and leaves no runner, cgroup or
+/// mount behind; the shim goes on serving its other task.
+#[test]
+fn bad_bundles_are_refused_with_clear_errors() -> Result<()> {
+    type Edit = Box<dyn FnOnce(&mut Value) -> Result<()>>;
+    let set = |pointer: &'static str, value: Value| -> Edit {
+        Box::new(move |spec: &mut Value| {
+            *spec
+                .pointer_mut(pointer)
+                .with_context(|| format!("spec has no {pointer}"))? = value;
+            Ok(())
+        })
+    };
+    let cd = Containerd::start(ContainerdOptions::default())?;
+    let image = probe_image(&cd, P1)?;
+    let host = cd.unique_id("bad-host");
+    run_spinner(&cd, &image, &host)?;
+    let shim = Shim::connect(&cd, &host)?;
+    let cases: Vec<(&str, Edit, &[&str])> = vec![
+        (
+            "noroot",
+            set("/root", json!({"path": "no-such-rootfs"})),
+            &["no-such-rootfs"],
+        ),
+        (
+            "cgdotdot",
+            set("/linux/cgroupsPath", json!("/wasmpod-e2e/../../etc")),
+            &["cgroupsPath", "../../etc"],
+        ),
+        (
+            "cgsyntax",
+            set("/linux/cgroupsPath", json!("a:b")),
+            &["cgroupsPath", "a:b"],
+        ),
+        (
+            "mountsrc",
+            Box::new(|spec: &mut Value| {
+                spec["mounts"]
+                    .as_array_mut()
+                    .context("mounts")?
+                    .push(json!({
+                        "destination": "/data/in",
+                        "type": "bind",
+                        "source": "/nonexistent/wasmpod-e2e",
+                        "options": ["rbind", "ro"]
+                    }));
+                Ok(())
+            }),
+            &["/nonexistent/wasmpod-e2e"],
+        ),
+        (
+            "mountdst",
+            Box::new(|spec: &mut Value| {
+                spec["mounts"]
+                    .as_array_mut()
+                    .context("mounts")?
+                    .push(json!({
+                        "destination": "relative/dir",
+                        "type": "bind",
+                        "source": "/tmp",
+                        "options": ["rbind", "ro"]
+                    }));
+                Ok(())
+            }),
+            &["relative/dir"],
+        ),
+        ("noargs", set("/process/args", json!([])), &["args"]),
+        (
+            "noprocess",
+            Box::new(|spec: &mut Value| {
+                spec.as_object_mut().context("spec")?.remove("process");
+                Ok(())
+            }),
+            &["process"],
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (name, edit, needles) in cases {
+        let id = format!("{host}-{name}");
+        let bundle = foreign_bundle_with(&cd, &host, &id, edit)?;
+        let req = api::CreateTaskRequest {
+            id: id.clone(),
+            bundle: bundle.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        let err = match shim.client.create(ctx(), &req) {
+            Ok(r) => bail!("Create of {id} ({name}) succeeded: {r:?}"),
+            Err(e) => e.to_string(),
+        };
+        ensure!(err.contains(&id), "{name}: error does not name {id}: {err}");
+        for n in needles {
+            ensure!(err.contains(n), "{name}: error lacks {n:?}: {err}");
+        }
+        expect_code(
+            "State after a failed Create",
+            shim.state(&id),
+            Code::NOT_FOUND,
+            &id,
+        )?;
+        ensure!(
+            wasmpod_e2e::leftovers::mounts_under(&bundle)?.is_empty(),
+            "{name}: a mount is left under {}",
+            bundle.display()
+        );
+        ids.push(id);
+    }
+    // A bundle without config.json at all.
+    let id = format!("{host}-nospec");
+    let bundle = cd.tempdir().join("bundles").join(&id);
+    fs::create_dir_all(&bundle)?;
+    let req = api::CreateTaskRequest {
+        id: id.clone(),
+        bundle: bundle.to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    let err = shim
+        .client
+        .create(ctx(), &req)
+        .expect_err("no config.json")
+        .to_string();
+    ensure!(err.contains(&id) && err.contains("config.json"), "{err}");
+    ids.push(id);
+
+    ensure!(
+        wasmpod_e2e::leftovers::leftover_cgroups(&ids).is_empty(),
+        "cgroups left: {:?}",
+        wasmpod_e2e::leftovers::leftover_cgroups(&ids)
+    );
+    let pids = shim.pids(&host)?;
+    ensure!(pids.processes.len() == 1, "{:?}", pids.processes);
+    ensure!(
+        shim.state(&host)?.status.enum_value() == Ok(api::Status::RUNNING),
+        "the host task is no longer running"
+    );
     drop(shim);
     remove_container(&cd, &host)?;
     cd.assert_no_leftovers()
