@@ -7,6 +7,7 @@ mod cgroups;
 mod common;
 mod cri;
 mod exec;
+mod faults;
 mod harness;
 mod http;
 mod installer;
