@@ -54,10 +54,11 @@ demo: build guests
 bench: build guests
 	$(CARGO) run $(CARGO_FLAGS) -q -p wasmpod-e2e --bin wasmpod-bench
 
-## lint: formatting and clippy with warnings as errors
+## lint: formatting, clippy with warnings as errors, and the offline dependency audit
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
+	bash .ci/audit
 
 ## ci: everything CI runs
 ci: lint test chart e2e e2e-1.7
