@@ -2,7 +2,7 @@
 //! and stores, later starts (new shims, new containers) load the stored
 //! native code, and a corrupted entry is discarded, never loaded.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
 use crate::common::{probe_image, run, P1, P2};
@@ -80,5 +80,118 @@ fn compiles_once_then_loads_from_the_cache() -> Result<()> {
         log_count(&cd, "does not match its digest: discarded")? == 1,
         "corruption not detected"
     );
+
+    // A stale entry whose sidecar matches: native code wasmtime did not
+    // produce for this module (the component's, here) is refused by
+    // wasmtime's own checks, discarded and recompiled.
+    let component = entries
+        .iter()
+        .find(|p| p.extension().is_some_and(|x| x == "ccwasm"))
+        .expect("checked above");
+    let foreign = std::fs::read(component)?;
+    std::fs::write(entry, &foreign)?;
+    let mut sidecar = entry.clone().into_os_string();
+    sidecar.push(".sha256");
+    std::fs::write(&sidecar, hex_sha256(&foreign))?;
+    let out = run(&cd, &[], &image, "cache-stale", &["/probe.wasm", "args"])?;
+    ensure!(
+        out.status == Some(0) && out.stdout.starts_with("/probe.wasm\n"),
+        "{out:?}"
+    );
+    ensure!(
+        log_count(&cd, "rejected by wasmtime")? == 1,
+        "stale entry not refused"
+    );
     cd.assert_no_leftovers()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A tmpfs mounted for the length of a test (unmounted and removed on drop).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(name: &str, options: &str) -> Result<Tmpfs> {
+        use nix::mount::{mount, MsFlags};
+        let dir = std::env::temp_dir().join(format!(
+            "wasmpod-e2e-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let fs = Tmpfs(dir);
+        mount(
+            Some("tmpfs"),
+            &fs.0,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some(options),
+        )
+        .with_context(|| format!("mount tmpfs on {}", fs.0.display()))?;
+        Ok(fs)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The cache on a full disk and on a read-only one: every start compiles,
+/// says why nothing was stored, and runs; no temp file is left behind.
+#[test]
+fn full_or_read_only_cache_disk_still_runs() -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let full = Tmpfs::mount("cache-full", "size=256k")?;
+    // Fill it: the first write that fails is where the disk is full.
+    let mut filler = std::fs::File::create(full.0.join("filler"))?;
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+    drop(filler);
+    let ro = Tmpfs::mount("cache-ro", "size=1m")?;
+    mount(
+        None::<&str>,
+        &ro.0,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .context("remount read-only")?;
+
+    for (fs, what) in [(&full, "full"), (&ro, "ro")] {
+        let cd = Containerd::start(ContainerdOptions {
+            env: vec![(
+                "WASMPOD_CACHE_DIR".into(),
+                fs.0.to_string_lossy().into_owned(),
+            )],
+            ..Default::default()
+        })?;
+        for target in [P1, P2] {
+            let t = &target[10..];
+            let image = probe_image(&cd, target)?;
+            for n in 0..2 {
+                let id = format!("cache-{what}-{t}-{n}");
+                let out = run(&cd, &[], &image, &id, &["/probe.wasm", "args"])?;
+                ensure!(out.status == Some(0), "{id}: {out:?}");
+            }
+        }
+        ensure!(
+            log_count(&cd, "not stored")? == 4,
+            "{what}: every start should say the cache could not store"
+        );
+        ensure!(log_count(&cd, "module cache hit")? == 0, "{what}: a hit?");
+        cd.assert_no_leftovers()?;
+        drop(cd);
+        let mut left: Vec<String> = std::fs::read_dir(&fs.0)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        left.retain(|n| n != "filler");
+        ensure!(left.is_empty(), "{what}: files left in the cache: {left:?}");
+    }
+    Ok(())
 }
