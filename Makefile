@@ -4,7 +4,7 @@ CARGO ?= cargo
 CARGO_FLAGS ?= --release
 GUEST_TARGETS := --target wasm32-wasip1 --target wasm32-wasip2
 
-.PHONY: all setup build guests test chart image image-push e2e e2e-1.7 demo bench lint ci clean
+.PHONY: all setup build guests test chart image image-push e2e e2e-1.7 demo bench lint fuzz ci clean
 
 all: build
 
@@ -60,8 +60,12 @@ lint:
 	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 	bash .ci/audit
 
+## fuzz: cargo-fuzz targets (spec -> plan, manifests, containerd config), FUZZ_SECONDS each (default 45)
+fuzz:
+	bash oci/fuzz/run
+
 ## ci: everything CI runs
-ci: lint test chart e2e e2e-1.7
+ci: lint test chart fuzz e2e e2e-1.7
 
 clean:
 	$(CARGO) clean
