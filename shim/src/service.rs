@@ -42,7 +42,7 @@ use crate::error::{Error, Result};
 use crate::process::{Exit, ExitRouter, Runner};
 use crate::runc::{ProcessIo, Runc};
 use crate::stdio::{Keepalive, Stdio, StdioPaths};
-use crate::{engine, rootfs, stdio};
+use crate::{engine, rootfs, stdio, sys};
 use wasmpod_oci::plan::NamespaceKind;
 
 /// Annotation CRI puts on every container of a pod: containers sharing it
@@ -476,6 +476,23 @@ impl Service {
             let mut console = None;
             let (pid, runner, exit) = match backend {
                 Backend::Wasm => {
+                    if let Some(target) = mounted.clone() {
+                        let readonly = plan.root.readonly;
+                        tokio::task::spawn_blocking(move || {
+                            sys::restrict_rootfs_mount(&target, readonly)
+                                .map_err(|e| (target, e))
+                        })
+                        .await
+                        .map_err(|e| Error::InvalidArgument {
+                            id: id.to_owned(),
+                            what: format!("rootfs task: {e}"),
+                        })?
+                        .map_err(|(path, e)| Error::Rootfs {
+                            id: id.to_owned(),
+                            path,
+                            message: format!("remount nodev: {e}"),
+                        })?;
+                    }
                     if let Some(path) = &plan.cgroup {
                         let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
                         let (cid, path) = (id.to_owned(), path.clone());

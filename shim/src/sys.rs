@@ -70,11 +70,42 @@ pub fn take_control_socket() -> std::io::Result<UnixStream> {
 /// links (`/proc/self/root`, ...) are refused.
 pub fn open_in_root(root: &File, path: &str) -> nix::Result<File> {
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+        // O_NONBLOCK: a FIFO planted as the entry point must not block the
+        // shim in open(2); callers refuse anything but a regular file.
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
         .mode(Mode::empty())
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let fd = openat2(root, Path::new(path), how)?;
     Ok(File::from(fd))
+}
+
+/// Bind-remounts the container's rootfs mount at `target` with `nodev`, and
+/// read-only when `readonly`, keeping the flags it already has. The runner is
+/// root: without `nodev`, a device node an image layer carries could be
+/// opened through the guest's `/` preopen; with `readonly`, the kernel (not
+/// only WASI's permission check) refuses writes. A bind remount changes this
+/// mount point's flags only, never the filesystem's.
+pub fn restrict_rootfs_mount(target: &Path, readonly: bool) -> nix::Result<()> {
+    use nix::mount::MsFlags;
+    use nix::sys::statvfs::FsFlags;
+    let have = nix::sys::statvfs::statvfs(target)?.flags();
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NODEV;
+    for (fs, ms) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if have.contains(fs) {
+            flags |= ms;
+        }
+    }
+    if readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
 }
 
 /// Tells the `start` action that the server is up: `start` reads the

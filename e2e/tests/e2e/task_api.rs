@@ -973,6 +973,150 @@ fn bad_bundles_are_refused_with_clear_errors() -> Result<()> {
     cd.assert_no_leftovers()
 }
 
+/// The options of the mount at `target`, from this process' mountinfo.
+fn mount_options(target: &Path) -> Result<Option<String>> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    let want = target.to_string_lossy();
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&want.as_ref())).then(|| f.get(5).map(|o| o.to_string()))
+        })
+        .last()
+        .flatten())
+}
+
+/// A device node that reaches the rootfs (an image layer can carry one)
+/// cannot be opened by the guest: the shim mounts a Wasm container's rootfs
+/// `nodev`, and read-only in the kernel when the spec asks.
+#[test]
+fn device_nodes_in_the_rootfs_cannot_be_opened() -> Result<()> {
+    use containerd_shim_protos::types::mount::Mount;
+    let cd = Containerd::start(ContainerdOptions::default())?;
+    let image = probe_image(&cd, P1)?;
+    let host = cd.unique_id("dev-host");
+    run_spinner(&cd, &image, &host)?;
+    let shim = Shim::connect(&cd, &host)?;
+
+    // What containerd would have unpacked: the probe, a file, /dev/null's twin.
+    let layer = cd.tempdir().join("devlayer");
+    fs::create_dir_all(&layer)?;
+    fs::copy(guest(P1, "probe")?, layer.join("probe.wasm"))?;
+    fs::write(layer.join("note.txt"), "plain file\n")?;
+    nix::sys::stat::mknod(
+        &layer.join("null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .context("mknod")?;
+    fs::write(layer.join("null"), "x").context("the node is a working device on the host")?;
+
+    let cases: [(&str, &[&str], bool, u32); 4] = [
+        ("devread", &["cat", "/null"], false, 1),
+        ("devwrite", &["write", "/null", "x"], false, 1),
+        ("plain", &["cat", "/note.txt"], false, 0),
+        ("rootro", &["write", "/new.txt", "x"], true, 1),
+    ];
+    for (name, args, readonly, want) in cases {
+        let id = format!("{host}-{name}");
+        let mut argv = vec!["/probe.wasm"];
+        argv.extend(args);
+        let bundle = foreign_bundle_with(&cd, &host, &id, |spec| {
+            spec["process"]["args"] = json!(argv);
+            spec["root"]["readonly"] = json!(readonly);
+            Ok(())
+        })?;
+        let mount = Mount {
+            type_: "bind".into(),
+            source: layer.to_string_lossy().into_owned(),
+            options: vec!["rbind".into(), "rw".into()],
+            ..Default::default()
+        };
+        let req = api::CreateTaskRequest {
+            id: id.clone(),
+            bundle: bundle.to_string_lossy().into_owned(),
+            rootfs: vec![mount],
+            ..Default::default()
+        };
+        shim.client
+            .create(ctx(), &req)
+            .with_context(|| format!("Create {id}"))?;
+        let options = mount_options(&bundle.join("rootfs"))?
+            .with_context(|| format!("{id}: rootfs not mounted"))?;
+        let options: Vec<&str> = options.split(',').collect();
+        ensure!(
+            options.contains(&"nodev"),
+            "{id}: rootfs mounted {options:?}"
+        );
+        ensure!(
+            options.contains(&"ro") == readonly,
+            "{id}: rootfs mounted {options:?} (read-only: {readonly})"
+        );
+        shim.start(&id)?;
+        let waited = shim.wait(&id)?;
+        ensure!(
+            waited.exit_status == want,
+            "{id}: {argv:?} exited {}, want {want}",
+            waited.exit_status
+        );
+        shim.delete(&id)?;
+        ensure!(
+            mount_options(&bundle.join("rootfs"))?.is_none(),
+            "{id}: rootfs still mounted after Delete"
+        );
+    }
+    ensure!(
+        !layer.join("new.txt").exists(),
+        "the read-only root was written"
+    );
+
+    // A FIFO as the entry point: refused at once, the shim does not block
+    // opening it.
+    nix::unistd::mkfifo(
+        &layer.join("fifo.wasm"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )?;
+    let id = format!("{host}-fifo");
+    let bundle = foreign_bundle_with(&cd, &host, &id, |spec| {
+        spec["process"]["args"] = json!(["/fifo.wasm"]);
+        Ok(())
+    })?;
+    let req = api::CreateTaskRequest {
+        id: id.clone(),
+        bundle: bundle.to_string_lossy().into_owned(),
+        rootfs: vec![Mount {
+            type_: "bind".into(),
+            source: layer.to_string_lossy().into_owned(),
+            options: vec!["rbind".into(), "rw".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // (Not a regular file, so the shim looks for an artifact layer, which
+    // this bundle made behind containerd's back cannot have.)
+    let asked = Instant::now();
+    let err = shim
+        .client
+        .create(ctx(), &req)
+        .expect_err("a FIFO entry point")
+        .to_string();
+    ensure!(err.contains(&id), "{err}");
+    ensure!(
+        asked.elapsed() < Duration::from_secs(10),
+        "Create of a FIFO entry point took {:?}",
+        asked.elapsed()
+    );
+    ensure!(
+        mount_options(&bundle.join("rootfs"))?.is_none(),
+        "{id}: rootfs left mounted"
+    );
+    drop(shim);
+    remove_container(&cd, &host)?;
+    cd.assert_no_leftovers()
+}
+
 /// Whether a thread of process `pid` sleeps in a pipe write.
 fn blocked_in_pipe_write(pid: u32) -> bool {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
