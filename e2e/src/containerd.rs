@@ -264,12 +264,49 @@ fn tail_of(path: &Path, n: usize) -> String {
     }
 }
 
+/// Makes `/run/netns` a shared bind mount of itself once per test process,
+/// before any test creates a network namespace. containerd's CNI code and
+/// `ip netns add` both do this lazily when it is not a mount yet; done
+/// while another test's pod namespace is already mounted there, it hides
+/// that mount, and removing the pod later fails with EBUSY.
+fn prepare_netns_dir() -> Result<()> {
+    static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = DONE
+        .lock()
+        .map_err(|_| anyhow!("netns setup lock poisoned"))?;
+    if *done {
+        return Ok(());
+    }
+    let dir = Path::new("/run/netns");
+    fs::create_dir_all(dir).context("create /run/netns")?;
+    let mounted = fs::read_to_string("/proc/self/mountinfo")
+        .context("read mountinfo")?
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some("/run/netns"));
+    if !mounted {
+        use nix::mount::{mount, MsFlags};
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .context("bind-mount /run/netns on itself")?;
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .context("make /run/netns shared")?;
+    }
+    *done = true;
+    Ok(())
+}
+
 impl Containerd {
     /// Starts a private containerd and waits until it answers `ctr version`.
     pub fn start(opts: ContainerdOptions) -> Result<Containerd> {
         if !nix::unistd::geteuid().is_root() {
             bail!("the wasmpod e2e harness must run as root (it starts containerd, mounts and cgroups)");
         }
+        prepare_netns_dir()?;
         for (what, bin) in [("containerd", &opts.containerd_bin), ("ctr", &opts.ctr_bin)] {
             if !bin.is_file() {
                 bail!(

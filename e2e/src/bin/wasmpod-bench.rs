@@ -21,6 +21,15 @@
 //! and p50/p99 latency, beside `wasmtime serve -Scli` of the same component
 //! when a `wasmtime` CLI is on `PATH`.
 //!
+//! S1 stress: 500 (`WASMPOD_BENCH_STRESS`) `ctr run --rm` cycles of the
+//! Wasm hello world at parallelism 2 and 16: every cycle must succeed with
+//! the right output, and afterwards no process, cgroup, mount, FIFO, task
+//! state directory or containerd file descriptor may be left; p50/p99/max
+//! latency per parallelism. With B2's 200 running Wasm containers (all of
+//! which must run), this is the load run of the reliability work.
+//!
+//! (`WASMPOD_BENCH_ONLY=s1` runs S1 alone.)
+//!
 //! B2 density: N long-running containers (N = 50 and 200; `WASMPOD_BENCH_DENSITY`
 //! overrides) of each runtime: the sum of the PSS of every process they add
 //! (shims included, `/proc/PID/smaps_rollup`) and the drop in MemAvailable,
@@ -99,6 +108,11 @@ fn main() -> Result<()> {
             "--all-platforms",
             &tar.to_string_lossy(),
         ])?;
+    }
+
+    if std::env::var("WASMPOD_BENCH_ONLY").as_deref() == Ok("s1") {
+        stress(&cd)?;
+        return Ok(());
     }
 
     let mut floor = Series {
@@ -201,6 +215,7 @@ fn main() -> Result<()> {
     let b5 = http(&cd)?;
     let b2 = density(&cd)?;
     cd.assert_no_leftovers()?;
+    let s1 = stress(&cd)?;
 
     let dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -208,7 +223,7 @@ fn main() -> Result<()> {
     std::fs::write(
         &path,
         serde_json::to_vec_pretty(
-            &serde_json::json!({ "b1": json, "b2": b2, "b3": b3, "b4": b4, "b5": b5 }),
+            &serde_json::json!({ "b1": json, "b2": b2, "b3": b3, "b4": b4, "b5": b5, "s1": s1 }),
         )?,
     )?;
     println!("\nresults: {}", path.display());
@@ -421,10 +436,112 @@ fn density(cd: &Containerd) -> Result<serde_json::Value> {
         ] {
             let (pss, drop, running) = density_run(cd, n, wasm)?;
             println!("| {n} | {name} | {running} | {pss:.2} | {drop:.2} |");
+            ensure!(
+                !wasm || running == n,
+                "B2: only {running} of {n} Wasm containers ran"
+            );
             rows.push(serde_json::json!({"n": n, "runtime": name, "running": running, "pss_mib": pss, "memavailable_drop_mib": drop}));
         }
     }
     Ok(serde_json::Value::Array(rows))
+}
+
+/// Open file descriptors of the harness' containerd.
+fn containerd_fds(cd: &Containerd) -> Result<usize> {
+    let pid = cd.pid().context("containerd is not running")?;
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("list containerd {pid}'s fds"))?
+        .count())
+}
+
+/// S1: `ctr run --rm` cycles of hello.wasm at parallelism 2 and 16, all
+/// successful, nothing left behind.
+fn stress(cd: &Containerd) -> Result<serde_json::Value> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let cycles: usize = std::env::var("WASMPOD_BENCH_STRESS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let fds_before = containerd_fds(cd)?;
+    println!("\n## S1 stress: {cycles} `ctr run --rm` cycles of hello.wasm\n");
+    println!("| parallelism | ok | cycles/s | p50 ms | p99 ms | max ms |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for parallel in [2usize, 16] {
+        let next = AtomicUsize::new(0);
+        let samples = Mutex::new(Vec::with_capacity(cycles));
+        let failed = Mutex::new(Vec::new());
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..parallel {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= cycles {
+                        break;
+                    }
+                    let id = format!("s1-{parallel}-{i}");
+                    cd.track_container_id(&id);
+                    let t = Instant::now();
+                    let out = cd.ctr_output(&run_args(true, WASM_IMAGE, &id, &[]));
+                    let took = t.elapsed();
+                    match out {
+                        Ok(o) if o.status == Some(0) && o.stdout == "hello from wasmpod\n" => {
+                            samples.lock().expect("samples").push(took)
+                        }
+                        Ok(o) => failed.lock().expect("failed").push(format!("{id}: {o:?}")),
+                        Err(e) => failed.lock().expect("failed").push(format!("{id}: {e:#}")),
+                    }
+                });
+            }
+        });
+        let wall = start.elapsed();
+        let series = Series {
+            name: "stress",
+            samples: samples.into_inner().expect("samples"),
+        };
+        let ok = series.samples.len();
+        let (p50, p99, max) = (
+            series.percentile(50.0),
+            series.percentile(99.0),
+            series.percentile(100.0),
+        );
+        let rate = cycles as f64 / wall.as_secs_f64();
+        println!("| {parallel} | {ok}/{cycles} | {rate:.1} | {p50:.1} | {p99:.1} | {max:.1} |");
+        rows.push(
+            serde_json::json!({"parallelism": parallel, "cycles": cycles, "ok": ok,
+            "per_s": rate, "p50_ms": p50, "p99_ms": p99, "max_ms": max}),
+        );
+        failures.extend(failed.into_inner().expect("failed"));
+    }
+    cd.assert_no_leftovers()?;
+    // containerd closes a client's descriptors shortly after it goes away.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fds_after = loop {
+        let n = containerd_fds(cd)?;
+        if n <= fds_before || Instant::now() >= deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!(
+        "\nleftovers: none; containerd file descriptors {fds_before} before, {fds_after} after"
+    );
+    ensure!(
+        failures.is_empty(),
+        "S1: {} failed cycles, first: {}",
+        failures.len(),
+        failures[0]
+    );
+    ensure!(
+        fds_after <= fds_before,
+        "S1: containerd holds {} more descriptors than before",
+        fds_after - fds_before
+    );
+    Ok(
+        serde_json::json!({"runs": rows, "containerd_fds_before": fds_before, "containerd_fds_after": fds_after}),
+    )
 }
 
 /// A free loopback port.

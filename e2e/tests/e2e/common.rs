@@ -180,3 +180,13 @@ pub fn remove_ctr_fifos(cd: &Containerd) -> Result<()> {
     }
     Ok(())
 }
+
+/// Whether a thread of process `pid` sleeps in a pipe write.
+pub fn blocked_in_pipe_write(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("pipe_write"))
+    })
+}

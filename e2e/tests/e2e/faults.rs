@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use wasmpod_e2e::cri::{api, container_config, remove_pod_cgroup, Cri, Pod, HANDLER};
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
-use crate::common::{cri_probe_image, P1};
+use crate::common::{blocked_in_pipe_write, cri_probe_image, P1};
 
 /// Nanoseconds since the epoch (CRI's time unit).
 fn now_ns() -> i64 {
@@ -154,7 +154,16 @@ fn wasm_pods_survive_containerd_restarts_and_crashes() -> Result<()> {
         nix::sys::signal::Signal::SIGKILL,
     )
     .with_context(|| format!("SIGKILL of runner {victim_pid}"))?;
+    // Nobody reads the ticker's output now: it fills the pipe and waits.
+    let ticker_pid = runner_pid(&cd, ticker_id)?.context("the ticker's runner is gone")?;
     let deadline = Instant::now() + Duration::from_secs(15);
+    while !blocked_in_pipe_write(ticker_pid as u32) {
+        ensure!(
+            Instant::now() < deadline,
+            "the ticker never blocked on its stdout while containerd was dead"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     while runner_pid(&cd, early_id)?.is_some() {
         ensure!(
             Instant::now() < deadline,

@@ -193,6 +193,40 @@ fn guest_cannot_reach_the_host_through_links_dotdot_or_read_only_mounts() -> Res
             &["/probe.wasm", "truncate", "/probe.wasm"],
         )?;
     }
+
+    // Native code comes only from the shim's own cache: the very files it
+    // stored above, shipped in an image, are refused as not WebAssembly.
+    let mut files = Vec::new();
+    for entry in fs::read_dir(cd.tempdir().join("wasmpod-cache"))? {
+        let path = entry?.path();
+        if let Some(ext @ ("cwasm" | "ccwasm")) = path.extension().and_then(|e| e.to_str()) {
+            let name: &'static str = if ext == "cwasm" {
+                "app.cwasm"
+            } else {
+                "app.ccwasm"
+            };
+            files.push((name, fs::read(&path)?));
+        }
+    }
+    ensure!(
+        files.len() == 2,
+        "expected a module and a component in the cache"
+    );
+    import(
+        &cd,
+        "docker.io/wasmpod/native:latest",
+        files,
+        &["/app.cwasm"],
+    )?;
+    for (n, entry) in ["/app.cwasm", "/app.ccwasm"].iter().enumerate() {
+        let id = format!("native-{n}");
+        let out = run(&cd, &[], "docker.io/wasmpod/native:latest", &id, &[entry])?;
+        ensure!(
+            out.status != Some(0) && out.stderr.contains("not WebAssembly"),
+            "{id}: precompiled code from an image was not refused: {out:?}"
+        );
+        let _ = cd.ctr(&["containers", "rm", &id]);
+    }
     cd.assert_no_leftovers()
 }
 

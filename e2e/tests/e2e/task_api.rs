@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use wasmpod_e2e::guests::guest;
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
-use crate::common::{probe_image, running_pid, P1, RUNTIME};
+use crate::common::{blocked_in_pipe_write, probe_image, running_pid, P1, RUNTIME};
 
 /// Topics of the task events, in the order the shim publishes them.
 const CREATE: &str = "/tasks/create";
@@ -1115,16 +1115,6 @@ fn device_nodes_in_the_rootfs_cannot_be_opened() -> Result<()> {
     drop(shim);
     remove_container(&cd, &host)?;
     cd.assert_no_leftovers()
-}
-
-/// Whether a thread of process `pid` sleeps in a pipe write.
-fn blocked_in_pipe_write(pid: u32) -> bool {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks
-        .flatten()
-        .any(|t| fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("pipe_write")))
 }
 
 #[test]
