@@ -88,6 +88,17 @@ impl ContainerCgroup {
         Ok(cg)
     }
 
+    /// Applies new `resources` (CRI's UpdateContainerResources).
+    pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        containerd_shim::cgroup::update_resources(&self.cgroup, resources).map_err(|e| {
+            Error::Cgroup {
+                id: self.id.clone(),
+                path: self.path.clone(),
+                what: format!("update resources: {e}"),
+            }
+        })
+    }
+
     /// Moves process `pid` into the cgroup.
     pub fn add(&self, pid: i32) -> Result<()> {
         let pid = u64::try_from(pid).unwrap_or_default();

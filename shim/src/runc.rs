@@ -216,6 +216,40 @@ impl Runc {
             .await
     }
 
+    /// `runc update --resources FILE ID`: new limits for the container
+    /// (`resources` is OCI `LinuxResources` JSON, as CRI's
+    /// UpdateContainerResources sends it).
+    pub async fn update(
+        &self,
+        id: &str,
+        bundle: &Path,
+        resources: &[u8],
+        systemd_cgroup: bool,
+        exits: &ExitRouter,
+    ) -> Result<()> {
+        let file = bundle.join("runc-update.json");
+        tokio::fs::write(&file, resources)
+            .await
+            .map_err(|e| Error::Runc {
+                id: id.to_owned(),
+                op: "update",
+                message: format!("write {}: {e}", file.display()),
+            })?;
+        let args = vec![
+            "update".into(),
+            "--resources".into(),
+            file.as_os_str().to_owned(),
+            id.into(),
+        ];
+        let call = Call {
+            systemd_cgroup,
+            ..Call::new(id, "update", bundle)
+        };
+        let result = self.run(call, args, None, exits).await;
+        let _ = tokio::fs::remove_file(&file).await;
+        result
+    }
+
     /// `runc kill --all ID SIGNAL`: every process of the container.
     pub async fn kill_all(
         &self,

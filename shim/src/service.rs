@@ -1049,6 +1049,53 @@ impl Service {
         })
     }
 
+    /// New limits for a created or running task (CRI
+    /// UpdateContainerResources): runc updates a Linux container; a Wasm
+    /// container's cgroup is updated in place. The runner's in-wasmtime
+    /// memory budget keeps the value it started with; the cgroup limit is
+    /// what a lowered limit enforces.
+    async fn do_update(&self, req: api::UpdateTaskRequest) -> Result<()> {
+        let container = self.container(&req.id)?;
+        let c = container.lock().await;
+        if c.deleted || c.status == Status::Stopped {
+            return Err(c.precondition("cannot update the resources of an exited task"));
+        }
+        let Some(any) = req.resources.as_ref() else {
+            return Err(Error::InvalidArgument {
+                id: req.id,
+                what: "Update without resources".into(),
+            });
+        };
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| Error::InvalidArgument {
+                id: req.id.clone(),
+                what: format!(
+                    "resources ({}) are not OCI LinuxResources JSON: {e}",
+                    any.type_url
+                ),
+            })?;
+        match c.backend {
+            Backend::Runc { systemd } => {
+                self.inner
+                    .runc
+                    .update(&c.id, &c.bundle, &any.value, systemd, &self.inner.exits)
+                    .await
+            }
+            Backend::Wasm => {
+                let Some(cg) = c.cgroup.clone() else {
+                    return Err(c.precondition("no cgroup: the spec names no linux.cgroupsPath"));
+                };
+                drop(c);
+                tokio::task::spawn_blocking(move || cg.update(&resources))
+                    .await
+                    .map_err(|e| Error::InvalidArgument {
+                        id: req.id.clone(),
+                        what: format!("update task: {e}"),
+                    })?
+            }
+        }
+    }
+
     async fn do_state(&self, req: api::StateRequest) -> Result<api::StateResponse> {
         if !req.exec_id.is_empty() {
             let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
@@ -1177,7 +1224,11 @@ impl Task for Service {
         let container = self.container(&req.id)?;
         let c = container.lock().await;
         let mut resp = api::PidsResponse::default();
-        if c.status != Status::Stopped {
+        // The init pid stays listed until Delete, exited or not, as State
+        // reports it: containerd 1.7, reloading tasks after a restart, takes
+        // a task with no pids for a leaked shim and deletes it, which would
+        // lose the exit of a task that ended while containerd was down.
+        if !c.deleted {
             resp.processes
                 .push(containerd_shim::protos::types::task::ProcessInfo {
                     pid: c.pid as u32,
@@ -1192,6 +1243,16 @@ impl Task for Service {
                 });
         }
         Ok(resp)
+    }
+
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        info!("update resources of container {}", req.id);
+        self.do_update(req).await?;
+        Ok(api::Empty::default())
     }
 
     async fn exec(
