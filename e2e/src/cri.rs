@@ -455,6 +455,24 @@ impl Cri {
         .map(drop)
     }
 
+    /// `UpdateContainerResources` (what kubelet sends for an in-place
+    /// resize).
+    pub fn update_container_resources(
+        &self,
+        id: &str,
+        linux: api::LinuxContainerResources,
+    ) -> Result<()> {
+        let req = api::UpdateContainerResourcesRequest {
+            container_id: id.to_string(),
+            linux: Some(linux),
+            ..Default::default()
+        };
+        self.call("UpdateContainerResources", |mut rt, _| async move {
+            rt.update_container_resources(req).await
+        })
+        .map(drop)
+    }
+
     /// `RemoveContainer`.
     pub fn remove_container(&self, id: &str) -> Result<()> {
         let req = api::RemoveContainerRequest {

@@ -274,6 +274,51 @@ fn wasm_server_reached_from_sidecar_and_host_and_exec() -> Result<()> {
     cd.assert_no_leftovers()
 }
 
+/// UpdateContainerResources (an in-place resize) reaches the cgroup of a
+/// Wasm container and, through runc, of a Linux sidecar in the same pod.
+#[test]
+fn update_container_resources_of_wasm_and_linux_containers() -> Result<()> {
+    let cd = cri_containerd()?;
+    let cri = cd.cri()?;
+    let probe = cri_probe_image(&cd, P1)?;
+    let bb = busybox(&cd)?;
+    let mut pod = Pod::run(&cd, &cri, Pod::config(&cd, "resize"), HANDLER)?;
+    let app = container_config("app", &probe, &[], &["sleep", "300"]);
+    let app_id = pod.start(&app)?;
+    let side = container_config("side", bb, &["/bin/sleep", "300"], &[]);
+    let side_id = pod.start(&side)?;
+    for (id, quota, mib) in [(&app_id, 30_000, 200i64), (&side_id, 40_000, 150)] {
+        cri.update_container_resources(
+            id,
+            api::LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_quota: quota,
+                cpu_shares: 256,
+                memory_limit_in_bytes: mib << 20,
+                ..Default::default()
+            },
+        )?;
+        ensure!(
+            container_cgroup_file(&pod, id, "cpu.cfs_quota_us")? == quota.to_string(),
+            "{id}: CPU quota not updated"
+        );
+        ensure!(
+            container_cgroup_file(&pod, id, "cpu.shares")? == "256",
+            "{id}: CPU shares not updated"
+        );
+        ensure!(
+            container_cgroup_file(&pod, id, "memory.limit_in_bytes")? == (mib << 20).to_string(),
+            "{id}: memory limit not updated"
+        );
+        ensure!(
+            cri.container_status(id)?.state == api::ContainerState::ContainerRunning as i32,
+            "{id} stopped running after the update"
+        );
+    }
+    pod.remove()?;
+    cd.assert_no_leftovers()
+}
+
 #[test]
 fn stats_limits_and_stop_of_a_spinning_guest() -> Result<()> {
     let cd = cri_containerd()?;

@@ -663,9 +663,10 @@ fn task_api_direct_requests() -> Result<()> {
         state.status.enum_value() == Ok(api::Status::STOPPED) && state.exit_status == 137,
         "State after the exit: {state:?}"
     );
+    // Until Delete, the exited task's pid stays listed (as State shows it).
     let pids = shim.pids(&id).context("Pids after the exit")?;
     ensure!(
-        pids.processes.is_empty(),
+        pids.processes.len() == 1 && pids.processes[0].pid == pid,
         "Pids after the exit: {:?}",
         pids.processes
     );
@@ -973,17 +974,94 @@ fn bad_bundles_are_refused_with_clear_errors() -> Result<()> {
     cd.assert_no_leftovers()
 }
 
+/// `Update` (CRI's UpdateContainerResources) of a Wasm task: the limits
+/// land in its cgroup; bad resources, an exited task and an unknown one get
+/// clear errors.
+#[test]
+fn update_applies_new_limits_to_a_wasm_task() -> Result<()> {
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    let cd = Containerd::start(ContainerdOptions::default())?;
+    let image = probe_image(&cd, P1)?;
+    let host = cd.unique_id("upd-host");
+    run_spinner(&cd, &image, &host)?;
+    let shim = Shim::connect(&cd, &host)?;
+    let id = format!("{host}-task");
+    create_foreign(&cd, &shim, &host, &id)?;
+    shim.start(&id)?;
+    let update = |id: &str, value: &[u8]| {
+        let req = api::UpdateTaskRequest {
+            id: id.to_owned(),
+            resources: Some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: value.to_vec(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        shim.client.update(ctx(), &req)
+    };
+    update(
+        &id,
+        br#"{"cpu":{"shares":300,"quota":20000,"period":100000},"memory":{"limit":104857600}}"#,
+    )
+    .context("Update")?;
+    let cgroup = Path::new("/sys/fs/cgroup");
+    let rel = format!("{}/{id}", cd.namespace());
+    let read = |ctl: &str, file: &str| -> Result<String> {
+        let path = cgroup.join(ctl).join(&rel).join(file);
+        Ok(fs::read_to_string(&path)
+            .with_context(|| format!("read {}", path.display()))?
+            .trim()
+            .to_owned())
+    };
+    ensure!(
+        read("cpu", "cpu.cfs_quota_us")? == "20000",
+        "quota not applied"
+    );
+    ensure!(read("cpu", "cpu.shares")? == "300", "shares not applied");
+    ensure!(
+        read("memory", "memory.limit_in_bytes")? == "104857600",
+        "memory limit not applied"
+    );
+    expect_code(
+        "Update with garbage",
+        update(&id, b"{not json"),
+        Code::INVALID_ARGUMENT,
+        &id,
+    )?;
+    expect_code(
+        "Update of an unknown task",
+        update("no-such-task", b"{}"),
+        Code::NOT_FOUND,
+        "no-such-task",
+    )?;
+    shim.kill(&id, 9)?;
+    shim.wait(&id)?;
+    expect_code(
+        "Update of an exited task",
+        update(&id, b"{}"),
+        Code::FAILED_PRECONDITION,
+        &id,
+    )?;
+    shim.delete(&id)?;
+    drop(shim);
+    remove_container(&cd, &host)?;
+    cd.assert_no_leftovers()
+}
+
 /// The options of the mount at `target`, from this process' mountinfo.
 fn mount_options(target: &Path) -> Result<Option<String>> {
     let info = fs::read_to_string("/proc/self/mountinfo")?;
     let want = target.to_string_lossy();
+    // The last mount on a path is the one on top.
     Ok(info
         .lines()
-        .filter_map(|l| {
+        .rev()
+        .find_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             (f.get(4) == Some(&want.as_ref())).then(|| f.get(5).map(|o| o.to_string()))
         })
-        .last()
         .flatten())
 }
 
