@@ -745,93 +745,106 @@ fn finish(shim: &Shim, id: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn racing_requests_on_one_task_have_one_winner() -> Result<()> {
+/// Runs `test` with the shim of a detached spinning container `host`, whose
+/// shim serves the test's own tasks; then checks that the host task still
+/// runs (nothing the test did took the shim down), removes it and checks
+/// for leftovers.
+fn with_host_shim(
+    prefix: &str,
+    test: impl FnOnce(&Containerd, &Shim, &str) -> Result<()>,
+) -> Result<()> {
     let cd = Containerd::start(ContainerdOptions::default())?;
     let image = probe_image(&cd, P1)?;
-    let host = cd.unique_id("race-host");
+    let host = cd.unique_id(prefix);
     run_spinner(&cd, &image, &host)?;
     let shim = Shim::connect(&cd, &host)?;
-    let mut pids = Vec::new();
-
-    for round in 0..4 {
-        // Two Starts: one starts the task, the other is refused.
-        let id = format!("{host}-start{round}");
-        pids.push(create_foreign(&cd, &shim, &host, &id)?);
-        let (a, b) = race(|| shim.start(&id), || shim.start(&id));
-        let codes = [code_of(&a), code_of(&b)];
-        ensure!(
-            codes.contains(&None) && codes.contains(&Some(Code::FAILED_PRECONDITION)),
-            "double Start of {id}: {a:?} / {b:?}"
-        );
-        ensure!(
-            shim.state(&id)?.status.enum_value() == Ok(api::Status::RUNNING),
-            "{id} not running after the double Start"
-        );
-
-        // Delete during Start: either the task starts and the Delete is
-        // refused (it runs), or the Delete wins and the Start finds nothing.
-        let id = format!("{host}-delstart{round}");
-        pids.push(create_foreign(&cd, &shim, &host, &id)?);
-        let (start, delete) = race(|| shim.start(&id), || shim.delete(&id));
-        match (code_of(&start), code_of(&delete)) {
-            (None, Some(Code::FAILED_PRECONDITION)) => finish(&shim, &id)?,
-            (Some(Code::NOT_FOUND | Code::FAILED_PRECONDITION), None) => expect_code(
-                "State after Delete won",
-                shim.state(&id),
-                Code::NOT_FOUND,
-                &id,
-            )?,
-            _ => bail!("Start/Delete race on {id}: {start:?} / {delete:?}"),
-        }
-
-        // Kill and Delete of a running task: the Kill lands; the Delete is
-        // refused while the task runs, or succeeds once it has exited.
-        let id = format!("{host}-killdel{round}");
-        pids.push(create_foreign(&cd, &shim, &host, &id)?);
-        shim.start(&id)?;
-        let (kill, delete) = race(|| shim.kill(&id, 9), || shim.delete(&id));
-        ensure!(
-            matches!(code_of(&kill), None | Some(Code::NOT_FOUND)),
-            "Kill racing Delete on {id}: {kill:?}"
-        );
-        ensure!(
-            matches!(code_of(&delete), None | Some(Code::FAILED_PRECONDITION)),
-            "Delete racing Kill on {id}: {delete:?}"
-        );
-        if delete.is_err() {
-            let waited = shim.wait(&id).context("Wait after the race")?;
-            ensure!(waited.exit_status == 137, "{id}: {waited:?}");
-            shim.delete(&id).context("Delete after the race")?;
-        }
-
-        // Two Deletes of an exited task: one result, one NOT_FOUND.
-        let id = format!("{host}-deldel{round}");
-        pids.push(create_foreign(&cd, &shim, &host, &id)?);
-        shim.start(&id)?;
-        shim.kill(&id, 9)?;
-        shim.wait(&id)?;
-        let (a, b) = race(|| shim.delete(&id), || shim.delete(&id));
-        let codes = [code_of(&a), code_of(&b)];
-        ensure!(
-            codes.contains(&None) && codes.contains(&Some(Code::NOT_FOUND)),
-            "double Delete of {id}: {a:?} / {b:?}"
-        );
-    }
-    for round in 0..4 {
-        finish(&shim, &format!("{host}-start{round}"))?;
-    }
-    // The host still answers: nothing in the races took the shim down.
+    test(&cd, &shim, &host)?;
     ensure!(
         shim.state(&host)?.status.enum_value() == Ok(api::Status::RUNNING),
-        "the host task is no longer running"
+        "the host task {host} is no longer running"
     );
-    for pid in pids {
-        ensure!(!process_exists(pid), "runner {pid} outlived its task");
-    }
     drop(shim);
     remove_container(&cd, &host)?;
     cd.assert_no_leftovers()
+}
+
+#[test]
+fn racing_requests_on_one_task_have_one_winner() -> Result<()> {
+    with_host_shim("race-host", |cd, shim, host| {
+        let mut pids = Vec::new();
+
+        for round in 0..4 {
+            // Two Starts: one starts the task, the other is refused.
+            let id = format!("{host}-start{round}");
+            pids.push(create_foreign(cd, shim, host, &id)?);
+            let (a, b) = race(|| shim.start(&id), || shim.start(&id));
+            let codes = [code_of(&a), code_of(&b)];
+            ensure!(
+                codes.contains(&None) && codes.contains(&Some(Code::FAILED_PRECONDITION)),
+                "double Start of {id}: {a:?} / {b:?}"
+            );
+            ensure!(
+                shim.state(&id)?.status.enum_value() == Ok(api::Status::RUNNING),
+                "{id} not running after the double Start"
+            );
+
+            // Delete during Start: either the task starts and the Delete is
+            // refused (it runs), or the Delete wins and the Start finds nothing.
+            let id = format!("{host}-delstart{round}");
+            pids.push(create_foreign(cd, shim, host, &id)?);
+            let (start, delete) = race(|| shim.start(&id), || shim.delete(&id));
+            match (code_of(&start), code_of(&delete)) {
+                (None, Some(Code::FAILED_PRECONDITION)) => finish(shim, &id)?,
+                (Some(Code::NOT_FOUND | Code::FAILED_PRECONDITION), None) => expect_code(
+                    "State after Delete won",
+                    shim.state(&id),
+                    Code::NOT_FOUND,
+                    &id,
+                )?,
+                _ => bail!("Start/Delete race on {id}: {start:?} / {delete:?}"),
+            }
+
+            // Kill and Delete of a running task: the Kill lands; the Delete is
+            // refused while the task runs, or succeeds once it has exited.
+            let id = format!("{host}-killdel{round}");
+            pids.push(create_foreign(cd, shim, host, &id)?);
+            shim.start(&id)?;
+            let (kill, delete) = race(|| shim.kill(&id, 9), || shim.delete(&id));
+            ensure!(
+                matches!(code_of(&kill), None | Some(Code::NOT_FOUND)),
+                "Kill racing Delete on {id}: {kill:?}"
+            );
+            ensure!(
+                matches!(code_of(&delete), None | Some(Code::FAILED_PRECONDITION)),
+                "Delete racing Kill on {id}: {delete:?}"
+            );
+            if delete.is_err() {
+                let waited = shim.wait(&id).context("Wait after the race")?;
+                ensure!(waited.exit_status == 137, "{id}: {waited:?}");
+                shim.delete(&id).context("Delete after the race")?;
+            }
+
+            // Two Deletes of an exited task: one result, one NOT_FOUND.
+            let id = format!("{host}-deldel{round}");
+            pids.push(create_foreign(cd, shim, host, &id)?);
+            shim.start(&id)?;
+            shim.kill(&id, 9)?;
+            shim.wait(&id)?;
+            let (a, b) = race(|| shim.delete(&id), || shim.delete(&id));
+            let codes = [code_of(&a), code_of(&b)];
+            ensure!(
+                codes.contains(&None) && codes.contains(&Some(Code::NOT_FOUND)),
+                "double Delete of {id}: {a:?} / {b:?}"
+            );
+        }
+        for round in 0..4 {
+            finish(shim, &format!("{host}-start{round}"))?;
+        }
+        for pid in pids {
+            ensure!(!process_exists(pid), "runner {pid} outlived its task");
+        }
+        Ok(())
+    })
 }
 
 /// Bundles no runtime should run: each Create is refused with an error that
@@ -848,130 +861,121 @@ fn bad_bundles_are_refused_with_clear_errors() -> Result<()> {
             Ok(())
         })
     };
-    let cd = Containerd::start(ContainerdOptions::default())?;
-    let image = probe_image(&cd, P1)?;
-    let host = cd.unique_id("bad-host");
-    run_spinner(&cd, &image, &host)?;
-    let shim = Shim::connect(&cd, &host)?;
-    let cases: Vec<(&str, Edit, &[&str])> = vec![
-        (
-            "noroot",
-            set("/root", json!({"path": "no-such-rootfs"})),
-            &["no-such-rootfs"],
-        ),
-        (
-            "cgdotdot",
-            set("/linux/cgroupsPath", json!("/wasmpod-e2e/../../etc")),
-            &["cgroupsPath", "../../etc"],
-        ),
-        (
-            "cgsyntax",
-            set("/linux/cgroupsPath", json!("a:b")),
-            &["cgroupsPath", "a:b"],
-        ),
-        (
-            "mountsrc",
-            Box::new(|spec: &mut Value| {
-                spec["mounts"]
-                    .as_array_mut()
-                    .context("mounts")?
-                    .push(json!({
-                        "destination": "/data/in",
-                        "type": "bind",
-                        "source": "/nonexistent/wasmpod-e2e",
-                        "options": ["rbind", "ro"]
-                    }));
-                Ok(())
-            }),
-            &["/nonexistent/wasmpod-e2e"],
-        ),
-        (
-            "mountdst",
-            Box::new(|spec: &mut Value| {
-                spec["mounts"]
-                    .as_array_mut()
-                    .context("mounts")?
-                    .push(json!({
-                        "destination": "relative/dir",
-                        "type": "bind",
-                        "source": "/tmp",
-                        "options": ["rbind", "ro"]
-                    }));
-                Ok(())
-            }),
-            &["relative/dir"],
-        ),
-        ("noargs", set("/process/args", json!([])), &["args"]),
-        (
-            "noprocess",
-            Box::new(|spec: &mut Value| {
-                spec.as_object_mut().context("spec")?.remove("process");
-                Ok(())
-            }),
-            &["process"],
-        ),
-    ];
-    let mut ids = Vec::new();
-    for (name, edit, needles) in cases {
-        let id = format!("{host}-{name}");
-        let bundle = foreign_bundle_with(&cd, &host, &id, edit)?;
+    with_host_shim("bad-host", |cd, shim, host| {
+        let cases: Vec<(&str, Edit, &[&str])> = vec![
+            (
+                "noroot",
+                set("/root", json!({"path": "no-such-rootfs"})),
+                &["no-such-rootfs"],
+            ),
+            (
+                "cgdotdot",
+                set("/linux/cgroupsPath", json!("/wasmpod-e2e/../../etc")),
+                &["cgroupsPath", "../../etc"],
+            ),
+            (
+                "cgsyntax",
+                set("/linux/cgroupsPath", json!("a:b")),
+                &["cgroupsPath", "a:b"],
+            ),
+            (
+                "mountsrc",
+                Box::new(|spec: &mut Value| {
+                    spec["mounts"]
+                        .as_array_mut()
+                        .context("mounts")?
+                        .push(json!({
+                            "destination": "/data/in",
+                            "type": "bind",
+                            "source": "/nonexistent/wasmpod-e2e",
+                            "options": ["rbind", "ro"]
+                        }));
+                    Ok(())
+                }),
+                &["/nonexistent/wasmpod-e2e"],
+            ),
+            (
+                "mountdst",
+                Box::new(|spec: &mut Value| {
+                    spec["mounts"]
+                        .as_array_mut()
+                        .context("mounts")?
+                        .push(json!({
+                            "destination": "relative/dir",
+                            "type": "bind",
+                            "source": "/tmp",
+                            "options": ["rbind", "ro"]
+                        }));
+                    Ok(())
+                }),
+                &["relative/dir"],
+            ),
+            ("noargs", set("/process/args", json!([])), &["args"]),
+            (
+                "noprocess",
+                Box::new(|spec: &mut Value| {
+                    spec.as_object_mut().context("spec")?.remove("process");
+                    Ok(())
+                }),
+                &["process"],
+            ),
+        ];
+        let mut ids = Vec::new();
+        for (name, edit, needles) in cases {
+            let id = format!("{host}-{name}");
+            let bundle = foreign_bundle_with(cd, host, &id, edit)?;
+            let req = api::CreateTaskRequest {
+                id: id.clone(),
+                bundle: bundle.to_string_lossy().into_owned(),
+                ..Default::default()
+            };
+            let err = match shim.client.create(ctx(), &req) {
+                Ok(r) => bail!("Create of {id} ({name}) succeeded: {r:?}"),
+                Err(e) => e.to_string(),
+            };
+            ensure!(err.contains(&id), "{name}: error does not name {id}: {err}");
+            for n in needles {
+                ensure!(err.contains(n), "{name}: error lacks {n:?}: {err}");
+            }
+            expect_code(
+                "State after a failed Create",
+                shim.state(&id),
+                Code::NOT_FOUND,
+                &id,
+            )?;
+            ensure!(
+                wasmpod_e2e::leftovers::mounts_under(&bundle)?.is_empty(),
+                "{name}: a mount is left under {}",
+                bundle.display()
+            );
+            ids.push(id);
+        }
+        // A bundle without config.json at all.
+        let id = format!("{host}-nospec");
+        let bundle = cd.tempdir().join("bundles").join(&id);
+        fs::create_dir_all(&bundle)?;
         let req = api::CreateTaskRequest {
             id: id.clone(),
             bundle: bundle.to_string_lossy().into_owned(),
             ..Default::default()
         };
-        let err = match shim.client.create(ctx(), &req) {
-            Ok(r) => bail!("Create of {id} ({name}) succeeded: {r:?}"),
-            Err(e) => e.to_string(),
-        };
-        ensure!(err.contains(&id), "{name}: error does not name {id}: {err}");
-        for n in needles {
-            ensure!(err.contains(n), "{name}: error lacks {n:?}: {err}");
-        }
-        expect_code(
-            "State after a failed Create",
-            shim.state(&id),
-            Code::NOT_FOUND,
-            &id,
-        )?;
-        ensure!(
-            wasmpod_e2e::leftovers::mounts_under(&bundle)?.is_empty(),
-            "{name}: a mount is left under {}",
-            bundle.display()
-        );
+        let err = shim
+            .client
+            .create(ctx(), &req)
+            .expect_err("no config.json")
+            .to_string();
+        ensure!(err.contains(&id) && err.contains("config.json"), "{err}");
         ids.push(id);
-    }
-    // A bundle without config.json at all.
-    let id = format!("{host}-nospec");
-    let bundle = cd.tempdir().join("bundles").join(&id);
-    fs::create_dir_all(&bundle)?;
-    let req = api::CreateTaskRequest {
-        id: id.clone(),
-        bundle: bundle.to_string_lossy().into_owned(),
-        ..Default::default()
-    };
-    let err = shim
-        .client
-        .create(ctx(), &req)
-        .expect_err("no config.json")
-        .to_string();
-    ensure!(err.contains(&id) && err.contains("config.json"), "{err}");
-    ids.push(id);
 
-    ensure!(
-        wasmpod_e2e::leftovers::leftover_cgroups(&ids).is_empty(),
-        "cgroups left: {:?}",
-        wasmpod_e2e::leftovers::leftover_cgroups(&ids)
-    );
-    let pids = shim.pids(&host)?;
-    ensure!(pids.processes.len() == 1, "{:?}", pids.processes);
-    ensure!(
-        shim.state(&host)?.status.enum_value() == Ok(api::Status::RUNNING),
-        "the host task is no longer running"
-    );
-    drop(shim);
-    remove_container(&cd, &host)?;
-    cd.assert_no_leftovers()
+        ensure!(
+            wasmpod_e2e::leftovers::leftover_cgroups(&ids).is_empty(),
+            "cgroups left: {:?}",
+            wasmpod_e2e::leftovers::leftover_cgroups(&ids)
+        );
+        let pids = shim.pids(host)?;
+        ensure!(pids.processes.len() == 1, "{:?}", pids.processes);
+        Ok(())
+    })
 }
 
 /// `Update` (CRI's UpdateContainerResources) of a Wasm task: the limits
@@ -980,74 +984,70 @@ fn bad_bundles_are_refused_with_clear_errors() -> Result<()> {
 #[test]
 fn update_applies_new_limits_to_a_wasm_task() -> Result<()> {
     use containerd_shim_protos::protobuf::well_known_types::any::Any;
-    let cd = Containerd::start(ContainerdOptions::default())?;
-    let image = probe_image(&cd, P1)?;
-    let host = cd.unique_id("upd-host");
-    run_spinner(&cd, &image, &host)?;
-    let shim = Shim::connect(&cd, &host)?;
-    let id = format!("{host}-task");
-    create_foreign(&cd, &shim, &host, &id)?;
-    shim.start(&id)?;
-    let update = |id: &str, value: &[u8]| {
-        let req = api::UpdateTaskRequest {
-            id: id.to_owned(),
-            resources: Some(Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
-                value: value.to_vec(),
+    with_host_shim("upd-host", |cd, shim, host| {
+        let id = format!("{host}-task");
+        create_foreign(cd, shim, host, &id)?;
+        shim.start(&id)?;
+        let update = |id: &str, value: &[u8]| {
+            let req = api::UpdateTaskRequest {
+                id: id.to_owned(),
+                resources: Some(Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+                        .into(),
+                    value: value.to_vec(),
+                    ..Default::default()
+                })
+                .into(),
                 ..Default::default()
-            })
-            .into(),
-            ..Default::default()
+            };
+            shim.client.update(ctx(), &req)
         };
-        shim.client.update(ctx(), &req)
-    };
-    update(
-        &id,
-        br#"{"cpu":{"shares":300,"quota":20000,"period":100000},"memory":{"limit":104857600}}"#,
-    )
-    .context("Update")?;
-    let cgroup = Path::new("/sys/fs/cgroup");
-    let rel = format!("{}/{id}", cd.namespace());
-    let read = |ctl: &str, file: &str| -> Result<String> {
-        let path = cgroup.join(ctl).join(&rel).join(file);
-        Ok(fs::read_to_string(&path)
-            .with_context(|| format!("read {}", path.display()))?
-            .trim()
-            .to_owned())
-    };
-    ensure!(
-        read("cpu", "cpu.cfs_quota_us")? == "20000",
-        "quota not applied"
-    );
-    ensure!(read("cpu", "cpu.shares")? == "300", "shares not applied");
-    ensure!(
-        read("memory", "memory.limit_in_bytes")? == "104857600",
-        "memory limit not applied"
-    );
-    expect_code(
-        "Update with garbage",
-        update(&id, b"{not json"),
-        Code::INVALID_ARGUMENT,
-        &id,
-    )?;
-    expect_code(
-        "Update of an unknown task",
-        update("no-such-task", b"{}"),
-        Code::NOT_FOUND,
-        "no-such-task",
-    )?;
-    shim.kill(&id, 9)?;
-    shim.wait(&id)?;
-    expect_code(
-        "Update of an exited task",
-        update(&id, b"{}"),
-        Code::FAILED_PRECONDITION,
-        &id,
-    )?;
-    shim.delete(&id)?;
-    drop(shim);
-    remove_container(&cd, &host)?;
-    cd.assert_no_leftovers()
+        update(
+            &id,
+            br#"{"cpu":{"shares":300,"quota":20000,"period":100000},"memory":{"limit":104857600}}"#,
+        )
+        .context("Update")?;
+        let cgroup = Path::new("/sys/fs/cgroup");
+        let rel = format!("{}/{id}", cd.namespace());
+        let read = |ctl: &str, file: &str| -> Result<String> {
+            let path = cgroup.join(ctl).join(&rel).join(file);
+            Ok(fs::read_to_string(&path)
+                .with_context(|| format!("read {}", path.display()))?
+                .trim()
+                .to_owned())
+        };
+        ensure!(
+            read("cpu", "cpu.cfs_quota_us")? == "20000",
+            "quota not applied"
+        );
+        ensure!(read("cpu", "cpu.shares")? == "300", "shares not applied");
+        ensure!(
+            read("memory", "memory.limit_in_bytes")? == "104857600",
+            "memory limit not applied"
+        );
+        expect_code(
+            "Update with garbage",
+            update(&id, b"{not json"),
+            Code::INVALID_ARGUMENT,
+            &id,
+        )?;
+        expect_code(
+            "Update of an unknown task",
+            update("no-such-task", b"{}"),
+            Code::NOT_FOUND,
+            "no-such-task",
+        )?;
+        shim.kill(&id, 9)?;
+        shim.wait(&id)?;
+        expect_code(
+            "Update of an exited task",
+            update(&id, b"{}"),
+            Code::FAILED_PRECONDITION,
+            &id,
+        )?;
+        shim.delete(&id)?;
+        Ok(())
+    })
 }
 
 /// The options of the mount at `target`, from this process' mountinfo.
@@ -1071,128 +1071,122 @@ fn mount_options(target: &Path) -> Result<Option<String>> {
 #[test]
 fn device_nodes_in_the_rootfs_cannot_be_opened() -> Result<()> {
     use containerd_shim_protos::types::mount::Mount;
-    let cd = Containerd::start(ContainerdOptions::default())?;
-    let image = probe_image(&cd, P1)?;
-    let host = cd.unique_id("dev-host");
-    run_spinner(&cd, &image, &host)?;
-    let shim = Shim::connect(&cd, &host)?;
+    with_host_shim("dev-host", |cd, shim, host| {
+        // What containerd would have unpacked: the probe, a file, /dev/null's twin.
+        let layer = cd.tempdir().join("devlayer");
+        fs::create_dir_all(&layer)?;
+        fs::copy(guest(P1, "probe")?, layer.join("probe.wasm"))?;
+        fs::write(layer.join("note.txt"), "plain file\n")?;
+        nix::sys::stat::mknod(
+            &layer.join("null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .context("mknod")?;
+        fs::write(layer.join("null"), "x").context("the node is a working device on the host")?;
 
-    // What containerd would have unpacked: the probe, a file, /dev/null's twin.
-    let layer = cd.tempdir().join("devlayer");
-    fs::create_dir_all(&layer)?;
-    fs::copy(guest(P1, "probe")?, layer.join("probe.wasm"))?;
-    fs::write(layer.join("note.txt"), "plain file\n")?;
-    nix::sys::stat::mknod(
-        &layer.join("null"),
-        nix::sys::stat::SFlag::S_IFCHR,
-        nix::sys::stat::Mode::from_bits_truncate(0o666),
-        nix::sys::stat::makedev(1, 3),
-    )
-    .context("mknod")?;
-    fs::write(layer.join("null"), "x").context("the node is a working device on the host")?;
+        let cases: [(&str, &[&str], bool, u32); 4] = [
+            ("devread", &["cat", "/null"], false, 1),
+            ("devwrite", &["write", "/null", "x"], false, 1),
+            ("plain", &["cat", "/note.txt"], false, 0),
+            ("rootro", &["write", "/new.txt", "x"], true, 1),
+        ];
+        for (name, args, readonly, want) in cases {
+            let id = format!("{host}-{name}");
+            let mut argv = vec!["/probe.wasm"];
+            argv.extend(args);
+            let bundle = foreign_bundle_with(cd, host, &id, |spec| {
+                spec["process"]["args"] = json!(argv);
+                spec["root"]["readonly"] = json!(readonly);
+                Ok(())
+            })?;
+            let mount = Mount {
+                type_: "bind".into(),
+                source: layer.to_string_lossy().into_owned(),
+                options: vec!["rbind".into(), "rw".into()],
+                ..Default::default()
+            };
+            let req = api::CreateTaskRequest {
+                id: id.clone(),
+                bundle: bundle.to_string_lossy().into_owned(),
+                rootfs: vec![mount],
+                ..Default::default()
+            };
+            shim.client
+                .create(ctx(), &req)
+                .with_context(|| format!("Create {id}"))?;
+            let options = mount_options(&bundle.join("rootfs"))?
+                .with_context(|| format!("{id}: rootfs not mounted"))?;
+            let options: Vec<&str> = options.split(',').collect();
+            ensure!(
+                options.contains(&"nodev"),
+                "{id}: rootfs mounted {options:?}"
+            );
+            ensure!(
+                options.contains(&"ro") == readonly,
+                "{id}: rootfs mounted {options:?} (read-only: {readonly})"
+            );
+            shim.start(&id)?;
+            let waited = shim.wait(&id)?;
+            ensure!(
+                waited.exit_status == want,
+                "{id}: {argv:?} exited {}, want {want}",
+                waited.exit_status
+            );
+            shim.delete(&id)?;
+            ensure!(
+                mount_options(&bundle.join("rootfs"))?.is_none(),
+                "{id}: rootfs still mounted after Delete"
+            );
+        }
+        ensure!(
+            !layer.join("new.txt").exists(),
+            "the read-only root was written"
+        );
 
-    let cases: [(&str, &[&str], bool, u32); 4] = [
-        ("devread", &["cat", "/null"], false, 1),
-        ("devwrite", &["write", "/null", "x"], false, 1),
-        ("plain", &["cat", "/note.txt"], false, 0),
-        ("rootro", &["write", "/new.txt", "x"], true, 1),
-    ];
-    for (name, args, readonly, want) in cases {
-        let id = format!("{host}-{name}");
-        let mut argv = vec!["/probe.wasm"];
-        argv.extend(args);
-        let bundle = foreign_bundle_with(&cd, &host, &id, |spec| {
-            spec["process"]["args"] = json!(argv);
-            spec["root"]["readonly"] = json!(readonly);
+        // A FIFO as the entry point: refused at once, the shim does not block
+        // opening it.
+        nix::unistd::mkfifo(
+            &layer.join("fifo.wasm"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )?;
+        let id = format!("{host}-fifo");
+        let bundle = foreign_bundle_with(cd, host, &id, |spec| {
+            spec["process"]["args"] = json!(["/fifo.wasm"]);
             Ok(())
         })?;
-        let mount = Mount {
-            type_: "bind".into(),
-            source: layer.to_string_lossy().into_owned(),
-            options: vec!["rbind".into(), "rw".into()],
-            ..Default::default()
-        };
         let req = api::CreateTaskRequest {
             id: id.clone(),
             bundle: bundle.to_string_lossy().into_owned(),
-            rootfs: vec![mount],
+            rootfs: vec![Mount {
+                type_: "bind".into(),
+                source: layer.to_string_lossy().into_owned(),
+                options: vec!["rbind".into(), "rw".into()],
+                ..Default::default()
+            }],
             ..Default::default()
         };
-        shim.client
+        // (Not a regular file, so the shim looks for an artifact layer, which
+        // this bundle made behind containerd's back cannot have.)
+        let asked = Instant::now();
+        let err = shim
+            .client
             .create(ctx(), &req)
-            .with_context(|| format!("Create {id}"))?;
-        let options = mount_options(&bundle.join("rootfs"))?
-            .with_context(|| format!("{id}: rootfs not mounted"))?;
-        let options: Vec<&str> = options.split(',').collect();
+            .expect_err("a FIFO entry point")
+            .to_string();
+        ensure!(err.contains(&id), "{err}");
         ensure!(
-            options.contains(&"nodev"),
-            "{id}: rootfs mounted {options:?}"
+            asked.elapsed() < Duration::from_secs(10),
+            "Create of a FIFO entry point took {:?}",
+            asked.elapsed()
         );
-        ensure!(
-            options.contains(&"ro") == readonly,
-            "{id}: rootfs mounted {options:?} (read-only: {readonly})"
-        );
-        shim.start(&id)?;
-        let waited = shim.wait(&id)?;
-        ensure!(
-            waited.exit_status == want,
-            "{id}: {argv:?} exited {}, want {want}",
-            waited.exit_status
-        );
-        shim.delete(&id)?;
         ensure!(
             mount_options(&bundle.join("rootfs"))?.is_none(),
-            "{id}: rootfs still mounted after Delete"
+            "{id}: rootfs left mounted"
         );
-    }
-    ensure!(
-        !layer.join("new.txt").exists(),
-        "the read-only root was written"
-    );
-
-    // A FIFO as the entry point: refused at once, the shim does not block
-    // opening it.
-    nix::unistd::mkfifo(
-        &layer.join("fifo.wasm"),
-        nix::sys::stat::Mode::from_bits_truncate(0o644),
-    )?;
-    let id = format!("{host}-fifo");
-    let bundle = foreign_bundle_with(&cd, &host, &id, |spec| {
-        spec["process"]["args"] = json!(["/fifo.wasm"]);
         Ok(())
-    })?;
-    let req = api::CreateTaskRequest {
-        id: id.clone(),
-        bundle: bundle.to_string_lossy().into_owned(),
-        rootfs: vec![Mount {
-            type_: "bind".into(),
-            source: layer.to_string_lossy().into_owned(),
-            options: vec!["rbind".into(), "rw".into()],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    // (Not a regular file, so the shim looks for an artifact layer, which
-    // this bundle made behind containerd's back cannot have.)
-    let asked = Instant::now();
-    let err = shim
-        .client
-        .create(ctx(), &req)
-        .expect_err("a FIFO entry point")
-        .to_string();
-    ensure!(err.contains(&id), "{err}");
-    ensure!(
-        asked.elapsed() < Duration::from_secs(10),
-        "Create of a FIFO entry point took {:?}",
-        asked.elapsed()
-    );
-    ensure!(
-        mount_options(&bundle.join("rootfs"))?.is_none(),
-        "{id}: rootfs left mounted"
-    );
-    drop(shim);
-    remove_container(&cd, &host)?;
-    cd.assert_no_leftovers()
+    })
 }
 
 #[test]
