@@ -24,6 +24,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -203,16 +204,27 @@ fn store<A: Artifact>(
     Ok(())
 }
 
+/// Prefix of the temp files entries are written to before the rename.
+const TEMP_PREFIX: &str = ".wasmpod-tmp";
+
+/// A temp file this old was left by a writer that died mid-write (a runner
+/// killed while storing): [`evict`] removes it.
+const STALE_TEMP: Duration = Duration::from_secs(600);
+
 fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 
-/// Removes the least recently used entries until the cache fits.
+/// Removes temp files left by writers that died, then the least recently
+/// used entries until the cache fits.
 fn evict(config: &CacheConfig) {
+    sweep_stale_temps(&config.dir, STALE_TEMP);
     let Ok(dir) = std::fs::read_dir(&config.dir) else {
         return;
     };
@@ -242,6 +254,28 @@ fn evict(config: &CacheConfig) {
     }
 }
 
+/// Removes this cache's temp files older than `age` (younger ones may
+/// belong to a writer still at work).
+fn sweep_stale_temps(dir: &Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        if !e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|a| a >= age);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +293,27 @@ mod tests {
 
     fn no_warn() -> impl FnMut(String) {
         |w| panic!("unexpected warning: {w}")
+    }
+
+    #[test]
+    fn stale_temp_files_are_swept_fresh_ones_kept() {
+        let (_d, config, engine, wasm) = setup(1 << 30);
+        std::fs::create_dir_all(&config.dir).unwrap();
+        let stale = config.dir.join(format!("{TEMP_PREFIX}dead"));
+        let fresh = config.dir.join(format!("{TEMP_PREFIX}busy"));
+        std::fs::write(&stale, b"half an entry").unwrap();
+        std::fs::write(&fresh, b"being written").unwrap();
+        let long_ago = std::time::SystemTime::now() - STALE_TEMP - Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        assert_eq!(o, Outcome::Stored);
+        assert!(!stale.exists(), "a dead writer's temp file was kept");
+        assert!(fresh.exists(), "a live writer's temp file was removed");
     }
 
     #[test]
