@@ -279,11 +279,7 @@ fn prepare_netns_dir() -> Result<()> {
     }
     let dir = Path::new("/run/netns");
     fs::create_dir_all(dir).context("create /run/netns")?;
-    let mounted = fs::read_to_string("/proc/self/mountinfo")
-        .context("read mountinfo")?
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some("/run/netns"));
-    if !mounted {
+    if leftovers::mount_options(dir)?.is_none() {
         use nix::mount::{mount, MsFlags};
         mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .context("bind-mount /run/netns on itself")?;

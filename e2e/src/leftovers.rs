@@ -261,6 +261,20 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(parse_mounts_under(&info, dir))
 }
 
+/// The per-mount options (`rw,nodev,relatime`...) of the topmost mount at
+/// exactly `target` in this process' mount namespace; `None` when nothing is
+/// mounted there.
+pub fn mount_options(target: &Path) -> Result<Option<String>> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .context("failed to read /proc/self/mountinfo")?;
+    // Later lines stack on earlier ones: the last match is on top.
+    Ok(info.lines().rev().find_map(|l| {
+        let mut fields = l.split(' ').skip(4);
+        let point = fields.next()?;
+        (unescape_mount_path(point) == target).then(|| fields.next().unwrap_or("").to_owned())
+    }))
+}
+
 /// Task bundle directories left in containerd's state directory: every entry
 /// of `<state>/io.containerd.runtime.v2.task/<namespace>/` (and of the v1
 /// runtime's equivalent), for all namespaces.
@@ -532,6 +546,16 @@ mod tests {
         .map(|p| p.pid)
         .collect();
         assert_eq!(got, vec![16]);
+    }
+
+    #[test]
+    fn mount_options_of_the_root_and_of_a_plain_dir() {
+        let root = mount_options(Path::new("/"))
+            .unwrap()
+            .expect("/ is a mount");
+        assert!(root.split(',').any(|o| o == "rw" || o == "ro"), "{root}");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(mount_options(dir.path()).unwrap(), None);
     }
 
     #[test]

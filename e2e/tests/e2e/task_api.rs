@@ -1050,21 +1050,6 @@ fn update_applies_new_limits_to_a_wasm_task() -> Result<()> {
     })
 }
 
-/// The options of the mount at `target`, from this process' mountinfo.
-fn mount_options(target: &Path) -> Result<Option<String>> {
-    let info = fs::read_to_string("/proc/self/mountinfo")?;
-    let want = target.to_string_lossy();
-    // The last mount on a path is the one on top.
-    Ok(info
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.get(4) == Some(&want.as_ref())).then(|| f.get(5).map(|o| o.to_string()))
-        })
-        .flatten())
-}
-
 /// A device node that reaches the rootfs (an image layer can carry one)
 /// cannot be opened by the guest: the shim mounts a Wasm container's rootfs
 /// `nodev`, and read-only in the kernel when the spec asks.
@@ -1116,7 +1101,7 @@ fn device_nodes_in_the_rootfs_cannot_be_opened() -> Result<()> {
             shim.client
                 .create(ctx(), &req)
                 .with_context(|| format!("Create {id}"))?;
-            let options = mount_options(&bundle.join("rootfs"))?
+            let options = wasmpod_e2e::leftovers::mount_options(&bundle.join("rootfs"))?
                 .with_context(|| format!("{id}: rootfs not mounted"))?;
             let options: Vec<&str> = options.split(',').collect();
             ensure!(
@@ -1136,7 +1121,7 @@ fn device_nodes_in_the_rootfs_cannot_be_opened() -> Result<()> {
             );
             shim.delete(&id)?;
             ensure!(
-                mount_options(&bundle.join("rootfs"))?.is_none(),
+                wasmpod_e2e::leftovers::mount_options(&bundle.join("rootfs"))?.is_none(),
                 "{id}: rootfs still mounted after Delete"
             );
         }
@@ -1182,7 +1167,7 @@ fn device_nodes_in_the_rootfs_cannot_be_opened() -> Result<()> {
             asked.elapsed()
         );
         ensure!(
-            mount_options(&bundle.join("rootfs"))?.is_none(),
+            wasmpod_e2e::leftovers::mount_options(&bundle.join("rootfs"))?.is_none(),
             "{id}: rootfs left mounted"
         );
         Ok(())
