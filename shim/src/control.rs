@@ -40,7 +40,7 @@ pub struct WasmFile {
 }
 
 /// The runner's answer once it has loaded (or failed to load) the workload.
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum Reply {
     /// The Wasm is compiled and linked; the runner waits for `start`.
@@ -55,6 +55,9 @@ pub enum Reply {
         /// Problems worth a log line that did not stop the load.
         #[serde(default)]
         warnings: Vec<String>,
+        /// How long each loading step took, in milliseconds.
+        #[serde(default)]
+        timings: Vec<(String, f64)>,
     },
     /// The workload cannot run; `message` says why.
     Failed { message: String },
@@ -94,6 +97,7 @@ mod tests {
             entrypoint: "/app.wasm".into(),
             cache: "hit".into(),
             warnings: vec![],
+            timings: vec![("engine".into(), 1.5)],
         };
         send(&mut buf, &ready).unwrap();
         send(

@@ -129,6 +129,8 @@ pub struct Prepared {
     pub cache_outcome: &'static str,
     /// Cache problems that did not stop the load.
     pub warnings: Vec<String>,
+    /// How long each step of the load took.
+    pub spans: crate::spans::Spans,
     /// Most bytes each linear memory of the guest may
     /// grow to; `memory.grow` beyond it fails and returns -1 to the guest.
     memory_budget: Option<usize>,
@@ -152,6 +154,7 @@ pub fn prepare(
     cache: Option<&CacheConfig>,
     wasm: Option<&WasmFile>,
 ) -> Result<Prepared, LoadError> {
+    let mut spans = crate::spans::Spans::new();
     let (entrypoint, bytes) = match wasm {
         Some(w) => {
             let bytes = std::fs::read(&w.path).map_err(|source| LoadError::Read {
@@ -187,6 +190,7 @@ pub fn prepare(
         }
     };
     let http_mode = kind == WasmKind::Component && crate::http::exports_incoming_handler(&bytes);
+    spans.mark("read");
     let (engine, http) = if http_mode {
         let limit = plan.memory_limit.and_then(|l| usize::try_from(l).ok());
         let (e, alloc) =
@@ -195,6 +199,7 @@ pub fn prepare(
     } else {
         (engine()?, None)
     };
+    spans.mark("engine");
     let compile_err = |e: wasmtime::Error| LoadError::Compile {
         path: entrypoint.clone(),
         reason: format!("{e:#}"),
@@ -212,6 +217,7 @@ pub fn prepare(
                 cache::load::<Module>(cache, &engine, &bytes, &mut |w| warnings.push(w))
                     .map_err(compile_err)?;
             outcome = o;
+            spans.mark("cache");
             if module.get_export("_start").is_none() {
                 return Err(LoadError::Link {
                     path: entrypoint,
@@ -232,6 +238,7 @@ pub fn prepare(
                 cache::load::<Component>(cache, &engine, &bytes, &mut |w| warnings.push(w))
                     .map_err(compile_err)?;
             outcome = o;
+            spans.mark("cache");
             let pre = crate::http::pre_instantiate(&engine, &component).map_err(link_err)?;
             // Built per request; checked once here so bad mounts fail Create.
             drop(builder);
@@ -245,6 +252,7 @@ pub fn prepare(
                 cache::load::<Component>(cache, &engine, &bytes, &mut |w| warnings.push(w))
                     .map_err(compile_err)?;
             outcome = o;
+            spans.mark("cache");
             let mut linker = wasmtime::component::Linker::<ComponentHost>::new(&engine);
             // `exit-with-code` (WASI 0.2.12) is linked too, so components
             // that use it keep their code; plain `exit` is only ok or err.
@@ -258,7 +266,15 @@ pub fn prepare(
             }
         }
     };
+    spans.mark("link");
+    // Measured last: what the runner already holds (engine, compiled code)
+    // is not the guest's to use.
+    let memory_budget = plan.memory_limit.map(memory_budget);
+    if memory_budget.is_some() {
+        spans.mark("budget");
+    }
     Ok(Prepared {
+        spans,
         engine,
         loaded,
         entrypoint,
@@ -270,9 +286,7 @@ pub fn prepare(
             cache::Outcome::Compiled => "compiled",
         },
         warnings,
-        // Measured last: what the runner already holds (engine, compiled
-        // code) is not the guest's to use.
-        memory_budget: plan.memory_limit.map(memory_budget),
+        memory_budget,
     })
 }
 

@@ -12,7 +12,8 @@
 //! lifecycle and exit routing), [`control`] (the shim ↔ runner protocol),
 //! [`runc`] (a pod's Linux containers), [`console`] (their terminals),
 //! [`engine`] (wasmtime and WASI), [`stdio`] (containerd's FIFOs), [`rootfs`]
-//! (mounting the container filesystem), [`sys`] (every raw syscall), and
+//! (mounting the container filesystem), [`spans`] (timing of `Create`),
+//! [`sys`] (every raw syscall), and
 //! [`error`] (the one mapping to ttrpc codes).
 #![deny(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod runc;
 pub mod runner;
 pub mod serve;
 pub mod service;
+pub mod spans;
 pub mod stdio;
 pub mod sys;
 

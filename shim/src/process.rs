@@ -103,6 +103,8 @@ pub struct Runner {
     pub entrypoint: String,
     /// What the module cache did (`hit`, `stored`, `compiled`).
     pub cache: String,
+    /// Steps of starting the runner and of its loading, in milliseconds.
+    pub timings: Vec<(String, f64)>,
     control: UnixStream,
 }
 
@@ -123,6 +125,7 @@ impl Runner {
             what,
             source,
         };
+        let mut spans = crate::spans::Spans::new();
         let exe = std::env::current_exe().map_err(|e| runner_err("locate shim binary", e))?;
         let (ours, theirs) = StdUnixStream::pair().map_err(|e| runner_err("socketpair", e))?;
         let [stdin, stdout, stderr] = stdio;
@@ -136,6 +139,7 @@ impl Runner {
             .stderr(stderr);
         sys::pass_control_socket(&mut cmd, &theirs);
         let child = cmd.spawn().map_err(|e| runner_err("spawn", e))?;
+        spans.mark("exec");
         drop(cmd);
         drop(theirs);
         let pid = i32::try_from(child.id())
@@ -151,6 +155,7 @@ impl Runner {
             // charged to the container.
             if let Some(cg) = cgroup {
                 cg.add(pid)?;
+                spans.mark("join cgroup");
             }
             ours.set_nonblocking(true)
                 .map_err(|e| runner_err("control socket", e))?;
@@ -185,15 +190,19 @@ impl Runner {
                     entrypoint,
                     cache,
                     warnings,
+                    timings,
                 }) => {
                     for w in warnings {
                         log::warn!("container {id}: {w}");
                     }
+                    spans.mark("load");
+                    spans.extend("  ", &timings);
                     Ok(Runner {
                         pid,
                         kind,
                         entrypoint,
                         cache,
+                        timings: spans.into_steps(),
                         control,
                     })
                 }

@@ -40,9 +40,11 @@ pub fn main() -> i32 {
         }
     };
     let id = req.id;
+    let mut spans = crate::spans::Spans::new();
     let prepared = namespace::enter(&req.plan.namespaces)
         .map_err(|e| e.to_string())
         .and_then(|()| {
+            spans.mark("namespaces");
             engine::prepare(&req.plan, req.cache.as_ref(), req.wasm.as_ref())
                 .map_err(|e| e.to_string())
         });
@@ -67,6 +69,10 @@ pub fn main() -> i32 {
         entrypoint: prepared.entrypoint.clone(),
         cache: prepared.cache_outcome.into(),
         warnings: prepared.warnings.clone(),
+        timings: {
+            spans.extend("", prepared.spans.steps());
+            spans.into_steps()
+        },
     };
     if control::send(&mut writer, &ready).is_err() {
         return 2;

@@ -416,7 +416,9 @@ impl Service {
                 id: id.to_owned(),
                 source,
             })?;
+        let mut spans = crate::spans::Spans::new();
         let mounted = rootfs::mount(id, bundle, &req.rootfs).await?;
+        spans.mark("mount");
         let mut cgroup = None;
         let mut fetched: Option<WasmFile> = None;
         let result = async {
@@ -492,6 +494,7 @@ impl Service {
                             path,
                             message: format!("remount nodev: {e}"),
                         })?;
+                        spans.mark("nodev");
                     }
                     if let Some(path) = &plan.cgroup {
                         let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
@@ -505,6 +508,7 @@ impl Service {
                             what: format!("cgroup task: {e}"),
                         })??;
                         cgroup = Some(Arc::new(cg));
+                        spans.mark("cgroup");
                     }
                     let cgroup_path = plan.cgroup.clone();
                     let request = RunRequest {
@@ -521,8 +525,9 @@ impl Service {
                         cgroup.as_deref(),
                     )
                     .await?;
+                    spans.extend("runner ", &runner.timings);
                     info!(
-                        "container {id}: runner pid {} loaded {} {} (module cache {}, cgroup {cgroup_path:?})",
+                        "container {id}: runner pid {} loaded {} {} (module cache {}, cgroup {cgroup_path:?}); ms: {spans}",
                         runner.pid, runner.kind, runner.entrypoint, runner.cache
                     );
                     (runner.pid, Some(runner), exit)
