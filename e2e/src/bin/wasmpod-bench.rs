@@ -28,7 +28,10 @@
 //! latency per parallelism. With B2's 200 running Wasm containers (all of
 //! which must run), this is the load run of the reliability work.
 //!
-//! (`WASMPOD_BENCH_ONLY=s1` runs S1 alone.)
+//! `WASMPOD_BENCH_ONLY` picks parts (a comma list of `b1`..`b5`, `s1`; `hold`
+//! only starts the containerd with the images and waits for Enter);
+//! `WASMPOD_BENCH_SMAPS=1` saves `/proc/PID/smaps` of the second process of each
+//! role in B2 under `target/bench/` for a closer look.
 //!
 //! B2 density: N long-running containers (N = 50 and 200; `WASMPOD_BENCH_DENSITY`
 //! overrides) of each runtime: the sum of the PSS of every process they add
@@ -110,11 +113,52 @@ fn main() -> Result<()> {
         ])?;
     }
 
-    if std::env::var("WASMPOD_BENCH_ONLY").as_deref() == Ok("s1") {
-        stress(&cd)?;
+    let only = std::env::var("WASMPOD_BENCH_ONLY").unwrap_or_default();
+    let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    let mut results = serde_json::Map::new();
+    if only == "hold" {
+        // For profiling by hand: the bench's containerd, images imported,
+        // until a line (or end of input) arrives on stdin.
+        println!(
+            "containerd {} (namespace {}, pid {:?}); press Enter to stop",
+            cd.socket().display(),
+            cd.namespace(),
+            cd.pid()
+        );
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
         return Ok(());
     }
+    if wanted("b1") {
+        results.insert("b1".into(), start_up(&cd, rounds)?);
+    }
+    if wanted("b3") {
+        results.insert("b3".into(), throughput(&cd)?);
+    }
+    if wanted("b4") {
+        results.insert("b4".into(), compute(&cd)?);
+    }
+    if wanted("b5") {
+        results.insert("b5".into(), http(&cd)?);
+    }
+    if wanted("b2") {
+        results.insert("b2".into(), density(&cd)?);
+        cd.assert_no_leftovers()?;
+    }
+    if wanted("s1") {
+        results.insert("s1".into(), stress(&cd)?);
+    }
 
+    let dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("results.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&results)?)?;
+    println!("\nresults: {}", path.display());
+    Ok(())
+}
+
+/// B1: cold start, interleaved rounds of floor, cache miss, cache hit, runc.
+fn start_up(cd: &Containerd, rounds: usize) -> Result<serde_json::Value> {
     let mut floor = Series {
         name: "ctr create+delete, no task (floor)",
         samples: vec![],
@@ -144,15 +188,15 @@ fn main() -> Result<()> {
         let cache = cd.tempdir().join("wasmpod-cache");
         let _ = std::fs::remove_dir_all(&cache);
         let m = timed(
-            &cd,
+            cd,
             &["run", "--rm", "--runtime", RUNTIME, WASM_IMAGE, &id("miss")],
         )?;
         let w = timed(
-            &cd,
+            cd,
             &["run", "--rm", "--runtime", RUNTIME, WASM_IMAGE, &id("wasm")],
         )?;
         let r = timed(
-            &cd,
+            cd,
             &[
                 "run",
                 "--rm",
@@ -210,24 +254,7 @@ fn main() -> Result<()> {
         wasm.percentile(50.0) / runc.percentile(50.0),
         wasm.percentile(50.0) - floor.percentile(50.0)
     );
-    let b3 = throughput(&cd)?;
-    let b4 = compute(&cd)?;
-    let b5 = http(&cd)?;
-    let b2 = density(&cd)?;
-    cd.assert_no_leftovers()?;
-    let s1 = stress(&cd)?;
-
-    let dir = workspace_root().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("results.json");
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(
-            &serde_json::json!({ "b1": json, "b2": b2, "b3": b3, "b4": b4, "b5": b5, "s1": s1 }),
-        )?,
-    )?;
-    println!("\nresults: {}", path.display());
-    Ok(())
+    Ok(serde_json::Value::Array(json))
 }
 
 /// `ctr run --rm` of a Wasm image (with the wasmpod runtime) or a Linux one.
@@ -374,8 +401,30 @@ fn pss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// What a process added by a B2 run is, by its command line.
+fn role(argv: &[String]) -> &'static str {
+    let exe = argv.first().map(String::as_str).unwrap_or("");
+    if argv.get(1).map(String::as_str) == Some("__wasmpod_runner") {
+        "wasm runner"
+    } else if exe.ends_with("containerd-shim-wasmpod-v1") {
+        "wasmpod shim"
+    } else if exe.contains("containerd-shim") {
+        "runc shim"
+    } else {
+        "container"
+    }
+}
+
+/// One B2 measurement: totals and the PSS of each process role.
+struct Density {
+    pss_mib: f64,
+    drop_mib: f64,
+    running: usize,
+    roles: std::collections::BTreeMap<&'static str, (usize, f64)>,
+}
+
 /// Starts `n` long-running containers, measures, and removes them.
-fn density_run(cd: &Containerd, n: usize, wasm: bool) -> Result<(f64, f64, usize)> {
+fn density_run(cd: &Containerd, n: usize, wasm: bool) -> Result<Density> {
     let before = mem_available_kib()?;
     let ids: Vec<String> = (0..n)
         .map(|i| format!("b2-{}-{n}-{i}", if wasm { "w" } else { "r" }))
@@ -408,15 +457,34 @@ fn density_run(cd: &Containerd, n: usize, wasm: bool) -> Result<(f64, f64, usize
     };
     std::thread::sleep(Duration::from_secs(2));
     let procs = cd.processes()?;
-    let pss: u64 = procs.iter().map(|p| pss_kib(p.pid)).sum();
+    let mut roles = std::collections::BTreeMap::new();
+    let mut pss = 0u64;
+    let save_smaps = std::env::var("WASMPOD_BENCH_SMAPS").as_deref() == Ok("1");
+    for p in &procs {
+        let kib = pss_kib(p.pid);
+        pss += kib;
+        let r = role(&p.argv);
+        let entry = roles.entry(r).or_insert((0usize, 0.0f64));
+        if entry.0 == 1 && save_smaps {
+            let dir = workspace_root().join("target/bench");
+            std::fs::create_dir_all(&dir)?;
+            let _ = std::fs::copy(
+                format!("/proc/{}/smaps", p.pid),
+                dir.join(format!("smaps-{}.txt", r.replace(' ', "-"))),
+            );
+        }
+        entry.0 += 1;
+        entry.1 += kib as f64 / 1024.0;
+    }
     let after = mem_available_kib()?;
     remove_detached(cd, &ids)?;
     let per = |kib: f64| kib / n as f64 / 1024.0;
-    Ok((
-        per(pss as f64),
-        per(before.saturating_sub(after) as f64),
+    Ok(Density {
+        pss_mib: per(pss as f64),
+        drop_mib: per(before.saturating_sub(after) as f64),
         running,
-    ))
+        roles,
+    })
 }
 
 /// B2: density at N = 50 and 200 (or `WASMPOD_BENCH_DENSITY`), alternating runtimes.
@@ -426,21 +494,40 @@ fn density(cd: &Containerd) -> Result<serde_json::Value> {
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![50, 200]);
     println!("\n## B2 density: N long-running containers (per container)\n");
-    println!("| N | runtime | running | PSS MiB | MemAvailable drop MiB |");
-    println!("|---:|---|---:|---:|---:|");
+    println!("| N | runtime | running | PSS MiB | MemAvailable drop MiB | PSS MiB per process, by role |");
+    println!("|---:|---|---:|---:|---:|---|");
     let mut rows = Vec::new();
     for n in sizes {
         for (name, wasm) in [
             ("wasmpod (probe sleep)", true),
             ("runc (busybox sleep)", false),
         ] {
-            let (pss, drop, running) = density_run(cd, n, wasm)?;
-            println!("| {n} | {name} | {running} | {pss:.2} | {drop:.2} |");
+            let d = density_run(cd, n, wasm)?;
+            let (pss, drop, running) = (d.pss_mib, d.drop_mib, d.running);
+            let split: Vec<String> = d
+                .roles
+                .iter()
+                .map(|(r, (count, mib))| format!("{count} × {r} {:.2}", mib / *count as f64))
+                .collect();
+            println!(
+                "| {n} | {name} | {running} | {pss:.2} | {drop:.2} | {} |",
+                split.join(", ")
+            );
             ensure!(
                 !wasm || running == n,
                 "B2: only {running} of {n} Wasm containers ran"
             );
-            rows.push(serde_json::json!({"n": n, "runtime": name, "running": running, "pss_mib": pss, "memavailable_drop_mib": drop}));
+            let roles: serde_json::Map<String, serde_json::Value> = d
+                .roles
+                .iter()
+                .map(|(r, (count, mib))| {
+                    (
+                        r.to_string(),
+                        serde_json::json!({"processes": count, "pss_mib": mib}),
+                    )
+                })
+                .collect();
+            rows.push(serde_json::json!({"n": n, "runtime": name, "running": running, "pss_mib": pss, "memavailable_drop_mib": drop, "roles": roles}));
         }
     }
     Ok(serde_json::Value::Array(rows))
