@@ -553,6 +553,33 @@ pub fn image_spec(reference: &str) -> api::ImageSpec {
     }
 }
 
+/// The namespace options kubelet sends for a pod and for each of its
+/// containers: the pod's network and IPC namespaces, and a PID namespace per
+/// container unless the pod sets `shareProcessNamespace: true`.
+pub fn namespace_options(share_process_namespace: bool) -> api::NamespaceOption {
+    api::NamespaceOption {
+        network: api::NamespaceMode::Pod as i32,
+        pid: if share_process_namespace {
+            api::NamespaceMode::Pod as i32
+        } else {
+            api::NamespaceMode::Container as i32
+        },
+        ipc: api::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// `config` for a pod with `shareProcessNamespace: true`.
+pub fn with_shared_pids(mut config: api::ContainerConfig) -> api::ContainerConfig {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = Some(namespace_options(true));
+    config
+}
+
 /// A container config as kubelet would send it for a container `name` of
 /// `image` with `command` (the image's entrypoint when empty) and `args`;
 /// its CRI log goes to `<pod log dir>/<name>.log`.
@@ -571,7 +598,13 @@ pub fn container_config(
         command: command.iter().map(|s| s.to_string()).collect(),
         args: args.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}.log"),
-        linux: Some(api::LinuxContainerConfig::default()),
+        linux: Some(api::LinuxContainerConfig {
+            security_context: Some(api::LinuxContainerSecurityContext {
+                namespace_options: Some(namespace_options(false)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -612,7 +645,8 @@ impl std::fmt::Debug for Pod<'_> {
 impl<'a> Pod<'a> {
     /// The sandbox config kubelet would send for a pod `name` of namespace
     /// `wasmpod-e2e`: a unique uid, logs under `T/pods/<uid>`, cgroup parent
-    /// `/wasmpod-e2e/pod<uid>` (cgroupfs driver), the pod's own network.
+    /// `/wasmpod-e2e/pod<uid>` (cgroupfs driver), the pod's own network, a
+    /// PID namespace per container (see [`Pod::share_process_namespace`]).
     pub fn config(cd: &Containerd, name: &str) -> api::PodSandboxConfig {
         let uid = cd.unique_id("uid");
         api::PodSandboxConfig {
@@ -631,10 +665,43 @@ impl<'a> Pod<'a> {
                 .into_owned(),
             linux: Some(api::LinuxPodSandboxConfig {
                 cgroup_parent: format!("{POD_CGROUP_ROOT}/pod{uid}"),
+                security_context: Some(api::LinuxSandboxSecurityContext {
+                    namespace_options: Some(namespace_options(false)),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
         }
+    }
+
+    /// `config` with `shareProcessNamespace: true`: one PID namespace, held
+    /// by the sandbox, for all containers (which need [`with_shared_pids`]).
+    pub fn share_process_namespace(mut config: api::PodSandboxConfig) -> api::PodSandboxConfig {
+        config
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options = Some(namespace_options(true));
+        config
+    }
+
+    /// The pid of the sandbox's (pause) process, from containerd's verbose
+    /// sandbox status.
+    pub fn sandbox_pid(&self) -> Result<i32> {
+        let status = self.cri.pod_sandbox_status(&self.id)?;
+        let info = status
+            .info
+            .get("info")
+            .ok_or_else(|| anyhow!("sandbox {}: no verbose info", self.id))?;
+        let info: serde_json::Value = serde_json::from_str(info)
+            .with_context(|| format!("sandbox {}: verbose info is not JSON", self.id))?;
+        info["pid"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| anyhow!("sandbox {}: no pid in {info}", self.id))
     }
 
     /// `RunPodSandbox` of `config` with runtime handler `handler`.

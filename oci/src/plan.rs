@@ -78,6 +78,9 @@ pub enum NamespaceKind {
     Ipc,
     /// Hostname and domain name.
     Uts,
+    /// Process ids: only ever joined, through [`RunPlan::pid_namespace`]
+    /// (never in [`RunPlan::namespaces`]).
+    Pid,
 }
 
 /// A namespace from `linux.namespaces`: join `path`, or create a new one.
@@ -112,9 +115,17 @@ pub struct RunPlan {
     pub memory_limit: Option<u64>,
     /// Network, IPC and UTS namespaces from `linux.namespaces`, in spec
     /// order. A kind the spec does not list is shared with the host (as with
-    /// runc). Mount, PID, user and cgroup namespaces have no meaning for a
-    /// WASI guest: it sees only its preopens and no processes.
+    /// runc). Mount, user and cgroup namespaces have no meaning for a WASI
+    /// guest: it sees only its preopens and no processes.
     pub namespaces: Vec<NamespacePlan>,
+    /// The PID namespace to start the container's process in, when the spec
+    /// names an existing one: a pod that shares its process namespace
+    /// (`shareProcessNamespace: true`), held by the sandbox. The shim forks
+    /// the runner into it, so the pod's other containers see it in `ps`.
+    /// A new PID namespace (no path) is not created: the guest cannot see
+    /// processes either way, and the runner stays in the shim's.
+    #[serde(default)]
+    pub pid_namespace: Option<PathBuf>,
     /// `process.terminal`: a Wasm guest cannot drive a terminal, so the shim
     /// refuses it for Wasm; a pod's Linux containers get one from runc.
     pub terminal: bool,
@@ -187,6 +198,14 @@ impl RunPlan {
             })
             .collect();
 
+        let pid_namespace = linux
+            .and_then(|l| l.namespaces().as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Pid)
+            .filter_map(|ns| ns.path().clone())
+            .rfind(|p| !p.as_os_str().is_empty());
+
         Ok(RunPlan {
             args,
             env,
@@ -196,6 +215,7 @@ impl RunPlan {
             cgroup,
             memory_limit,
             namespaces,
+            pid_namespace,
             terminal: process.terminal().unwrap_or(false),
         })
     }
@@ -384,6 +404,14 @@ mod tests {
                 },
             ]
         );
+        assert_eq!(plan.pid_namespace, None, "a new PID namespace is not made");
+        v["linux"] = json!({"namespaces": [{"type": "pid", "path": "/proc/7/ns/pid"}]});
+        let plan = RunPlan::from_spec(&spec(v.clone()), Path::new("/b")).unwrap();
+        assert_eq!(
+            plan.pid_namespace.as_deref(),
+            Some(Path::new("/proc/7/ns/pid"))
+        );
+        assert!(plan.namespaces.is_empty());
         v["linux"] = json!({"cgroupsPath": "/ns/../etc"});
         assert!(matches!(
             RunPlan::from_spec(&spec(v), Path::new("/b")),

@@ -3,9 +3,14 @@
 //! and UTS namespaces, held by its sandbox), create the others. Runs while
 //! the runner is still single-threaded, so every thread wasmtime starts later
 //! inherits them.
+//!
+//! A PID namespace cannot be entered by a running process, only by its
+//! children: [`spawn_in_pid_namespace`] forks the runner from a thread of
+//! the shim that joined the pod's PID namespace for that one fork.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 
 use nix::sched::{setns, unshare, CloneFlags};
 use wasmpod_oci::plan::{NamespaceKind, NamespacePlan};
@@ -19,6 +24,14 @@ pub enum NamespaceError {
     #[error("join {kind:?} namespace {path}: {source}")]
     Join {
         kind: NamespaceKind,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Starting a process inside an existing PID namespace failed (the
+    /// namespace's init, the pod's sandbox, may have exited).
+    #[error("start a process in PID namespace {path}: {source}")]
+    Spawn {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -37,6 +50,7 @@ fn flag(kind: NamespaceKind) -> CloneFlags {
         NamespaceKind::Network => CloneFlags::CLONE_NEWNET,
         NamespaceKind::Ipc => CloneFlags::CLONE_NEWIPC,
         NamespaceKind::Uts => CloneFlags::CLONE_NEWUTS,
+        NamespaceKind::Pid => CloneFlags::CLONE_NEWPID,
     }
 }
 
@@ -68,4 +82,38 @@ pub fn enter(namespaces: &[NamespacePlan]) -> Result<(), NamespaceError> {
         }
     }
     Ok(())
+}
+
+/// Spawns `cmd` as a member of the PID namespace at `path` (a pod's shared
+/// one, held by its sandbox).
+///
+/// `setns(CLONE_NEWPID)` changes only where the calling thread's *children*
+/// go, so it is done on a short-lived thread of its own, which forks the
+/// runner and ends: no other thread of the shim, and no later fork (runc's,
+/// for instance), is affected. The child is still the shim's child, so the
+/// shim reaps it, and its pid is the one seen from the shim's namespace.
+pub fn spawn_in_pid_namespace(path: &Path, cmd: &mut Command) -> Result<Child, NamespaceError> {
+    let join = |source| NamespaceError::Join {
+        kind: NamespaceKind::Pid,
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(join)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                setns(&file, CloneFlags::CLONE_NEWPID).map_err(|e| join(e.into()))?;
+                cmd.spawn().map_err(|e| NamespaceError::Spawn {
+                    path: path.to_owned(),
+                    source: e,
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(NamespaceError::Spawn {
+                    path: path.to_owned(),
+                    source: std::io::Error::other("spawning thread panicked"),
+                })
+            })
+    })
 }

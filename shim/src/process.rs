@@ -138,7 +138,15 @@ impl Runner {
             .stdout(stdout)
             .stderr(stderr);
         sys::pass_control_socket(&mut cmd, &theirs);
-        let child = cmd.spawn().map_err(|e| runner_err("spawn", e))?;
+        let child = match &request.plan.pid_namespace {
+            Some(ns) => crate::namespace::spawn_in_pid_namespace(ns, &mut cmd).map_err(|e| {
+                Error::Workload {
+                    id: id.to_owned(),
+                    message: e.to_string(),
+                }
+            })?,
+            None => cmd.spawn().map_err(|e| runner_err("spawn", e))?,
+        };
         spans.mark("exec");
         drop(cmd);
         drop(theirs);

@@ -705,8 +705,12 @@ impl Service {
                             NamespaceKind::Network => "net",
                             NamespaceKind::Ipc => "ipc",
                             NamespaceKind::Uts => "uts",
+                            NamespaceKind::Pid => "pid",
                         };
                         ns.path = Some(format!("/proc/{init_pid}/ns/{name}").into());
+                    }
+                    if plan.pid_namespace.is_some() {
+                        plan.pid_namespace = Some(format!("/proc/{init_pid}/ns/pid").into());
                     }
                     let request = RunRequest {
                         id: full_id.clone(),

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use wasmpod_e2e::cri::{api, container_config, with_memory_limit, Pod, HANDLER};
+use wasmpod_e2e::cri::{api, container_config, with_memory_limit, with_shared_pids, Pod, HANDLER};
 use wasmpod_e2e::images::busybox_image;
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
@@ -270,6 +270,81 @@ fn wasm_server_reached_from_sidecar_and_host_and_exec() -> Result<()> {
         ),
     }
 
+    pod.remove()?;
+    cd.assert_no_leftovers()
+}
+
+/// The PID namespace a process is in (the target of `/proc/PID/ns/pid`).
+fn pid_namespace(pid: i32) -> Result<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .with_context(|| format!("read the PID namespace of process {pid}"))
+}
+
+/// The runner process of Wasm container `id`.
+fn runner_pid(cd: &Containerd, id: &str) -> Result<i32> {
+    cd.processes()?
+        .into_iter()
+        .find(|p| {
+            p.argv.get(1).map(String::as_str) == Some("__wasmpod_runner")
+                && p.argv.get(2).map(String::as_str) == Some(id)
+        })
+        .map(|p| p.pid)
+        .with_context(|| format!("no runner process for container {id}"))
+}
+
+/// `shareProcessNamespace: true`: the Wasm container's runner is forked into
+/// the pod's PID namespace (the sandbox's), so a sidecar's `ps` lists it, and
+/// an exec'd Wasm program runs there too. Without it, the runner stays out of
+/// the sandbox's PID namespace.
+#[test]
+fn shared_process_namespace_of_a_pod() -> Result<()> {
+    let cd = cri_containerd()?;
+    let cri = cd.cri()?;
+    let probe = cri_probe_image(&cd, P1)?;
+    let bb = busybox(&cd)?;
+
+    let config = Pod::share_process_namespace(Pod::config(&cd, "shared-pids"));
+    let mut pod = Pod::run(&cd, &cri, config, HANDLER)?;
+    let app = with_shared_pids(container_config("app", &probe, &[], &["sleep", "300"]));
+    let app_id = pod.start(&app)?;
+    let side = with_shared_pids(container_config("side", bb, &["/bin/sleep", "300"], &[]));
+    let side_id = pod.start(&side)?;
+
+    let sandbox_ns = pid_namespace(pod.sandbox_pid()?)?;
+    let runner = runner_pid(&cd, &app_id)?;
+    ensure!(
+        pid_namespace(runner)? == sandbox_ns,
+        "runner {runner} is in {:?}, the pod's PID namespace is {sandbox_ns:?}",
+        pid_namespace(runner)?
+    );
+    let out = cri.exec_sync(&side_id, &["/bin/busybox", "ps", "-o", "pid,args"], 20)?;
+    ensure!(
+        out.exit_code == 0
+            && out
+                .stdout
+                .lines()
+                .any(|l| l.contains(&format!("__wasmpod_runner {app_id}"))),
+        "the sidecar's ps does not list the Wasm container: {out:?}"
+    );
+    // an exec'd Wasm program runs in the same PID namespace (and works)
+    let out = cri.exec_sync(&app_id, &["/probe.wasm", "exit", "7"], 20)?;
+    ensure!(out.exit_code == 7, "exec into the Wasm container: {out:?}");
+    pod.remove()?;
+
+    // kubelet's default: a PID namespace per container; the runner stays in
+    // the shim's, not the sandbox's
+    let mut pod = Pod::run(&cd, &cri, Pod::config(&cd, "own-pids"), HANDLER)?;
+    let app_id = pod.start(&container_config("app", &probe, &[], &["sleep", "300"]))?;
+    let runner = runner_pid(&cd, &app_id)?;
+    let sandbox_ns = pid_namespace(pod.sandbox_pid()?)?;
+    ensure!(
+        pid_namespace(runner)? != sandbox_ns,
+        "runner {runner} joined the sandbox's PID namespace without shareProcessNamespace"
+    );
+    ensure!(
+        pid_namespace(runner)? == pid_namespace(i32::try_from(std::process::id())?)?,
+        "runner {runner} is in a PID namespace of its own"
+    );
     pod.remove()?;
     cd.assert_no_leftovers()
 }
