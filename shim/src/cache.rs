@@ -11,18 +11,19 @@
 //! - Integrity: each entry has a sidecar holding the sha256 of the artifact.
 //!   An entry whose digest does not match (corrupt, truncated, tampered) is a
 //!   miss and is removed: only what this cache wrote and still verifies is
-//!   ever loaded, and nothing precompiled ever comes from an image.
+//!   ever loaded, and nothing precompiled ever comes from an image. The
+//!   file is hashed and mapped through one open descriptor.
 //! - Atomic: entries are written to a temporary file in the cache directory
 //!   and renamed into place, digest first, so concurrent first starts of the
 //!   same module race harmlessly and readers never see half an entry.
 //! - Bounded: after each write the oldest entries (by last use, which a hit
-//!   refreshes) are evicted until the cache fits its size.
+//!   refreshes at most once a minute) are evicted until the cache fits.
 //! - Best effort: a cache that cannot be created or written (read-only or
 //!   full disk) only costs a compile.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -84,8 +85,8 @@ pub trait Artifact: Sized {
     fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Self>;
     /// Serializes to the precompiled form.
     fn serialize(&self) -> wasmtime::Result<Vec<u8>>;
-    /// Maps a verified cache entry.
-    fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Self>;
+    /// Maps a verified cache entry, from the open file that was verified.
+    fn load(engine: &Engine, file: &std::fs::File) -> wasmtime::Result<Self>;
 }
 
 impl Artifact for Module {
@@ -96,8 +97,8 @@ impl Artifact for Module {
     fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
         Module::serialize(self)
     }
-    fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Self> {
-        sys::map_cached_module(engine, path)
+    fn load(engine: &Engine, file: &std::fs::File) -> wasmtime::Result<Self> {
+        sys::map_cached_module(engine, file)
     }
 }
 
@@ -109,8 +110,8 @@ impl Artifact for Component {
     fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
         Component::serialize(self)
     }
-    fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Self> {
-        sys::map_cached_component(engine, path)
+    fn load(engine: &Engine, file: &std::fs::File) -> wasmtime::Result<Self> {
+        sys::map_cached_component(engine, file)
     }
 }
 
@@ -151,6 +152,64 @@ pub fn load<A: Artifact>(
     }
 }
 
+/// A hit refreshes an entry's last use (its mtime, which eviction sorts by)
+/// only when it is older than this, so busy nodes do not write the cache's
+/// metadata on every start.
+const REFRESH_LAST_USE: Duration = Duration::from_secs(60);
+
+/// The sha256 of what `file` holds, read in chunks (no copy of the whole
+/// artifact on the heap).
+fn digest_of(file: &mut std::fs::File) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// What a `.verified` stamp records: that this boot, the entry's file (by
+/// device, inode, size and ctime, which any write changes and nobody can set)
+/// was hashed and matched this digest.
+fn stamp(file: &std::fs::File, digest: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let m = file.metadata().ok()?;
+    Some(format!(
+        "{} {} {} {} {}.{:09} {}\n",
+        boot.trim(),
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.ctime(),
+        m.ctime_nsec(),
+        digest
+    ))
+}
+
+/// The paths that belong to entry `path`: its `.sha256` sidecar and its
+/// `.verified` stamp.
+fn companions(path: &Path) -> [PathBuf; 2] {
+    ["sha256", "verified"].map(|ext| {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(".");
+        p.push(ext);
+        PathBuf::from(p)
+    })
+}
+
+fn discard(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    for p in companions(path) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 fn lookup<A: Artifact>(
     engine: &Engine,
     path: &Path,
@@ -158,23 +217,41 @@ fn lookup<A: Artifact>(
     warn: &mut dyn FnMut(String),
 ) -> Option<A> {
     let want = std::fs::read_to_string(digest_path).ok()?;
-    let bytes = std::fs::read(path).ok()?;
-    if hex::encode(Sha256::digest(&bytes)) != want.trim() {
+    let want = want.trim();
+    let [_, stamp_path] = companions(path);
+    // One open file is hashed and then mapped: an entry replaced between
+    // the two is never the one loaded.
+    let mut file = std::fs::File::open(path).ok()?;
+    // Hashing costs about a millisecond per 2 MB on every start. It is done
+    // once per boot and entry: a stamp records that this very file, unwritten
+    // since (its ctime), matched; a reboot or any write means hashing again.
+    let stamped = stamp(&file, want)
+        .is_some_and(|s| std::fs::read_to_string(&stamp_path).is_ok_and(|t| t == s));
+    if !stamped && digest_of(&mut file).ok()? != want {
         warn(format!(
             "module cache: {} does not match its digest: discarded",
             path.display()
         ));
-        let _ = std::fs::remove_file(path);
-        let _ = std::fs::remove_file(digest_path);
+        discard(path);
         return None;
     }
-    match A::load(engine, path) {
+    match A::load(engine, &file) {
         Ok(a) => {
-            // refresh last use for eviction
-            let _ = std::fs::File::options()
-                .write(true)
-                .open(path)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            let stale = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age > REFRESH_LAST_USE);
+            if stale {
+                let _ = file.set_modified(std::time::SystemTime::now());
+            }
+            if stale || !stamped {
+                // best effort: without a stamp the next start hashes again
+                if let (Some(s), Some(dir)) = (stamp(&file, want), path.parent()) {
+                    let _ = write_atomic(dir, &stamp_path, s.as_bytes(), false);
+                }
+            }
             Some(a)
         }
         Err(e) => {
@@ -182,8 +259,7 @@ fn lookup<A: Artifact>(
                 "module cache: {} rejected by wasmtime: {e}: discarded",
                 path.display()
             ));
-            let _ = std::fs::remove_file(path);
-            let _ = std::fs::remove_file(digest_path);
+            discard(path);
             None
         }
     }
@@ -198,8 +274,8 @@ fn store<A: Artifact>(
     std::fs::create_dir_all(&config.dir)?;
     let bytes = artifact.serialize().map_err(std::io::Error::other)?;
     let digest = hex::encode(Sha256::digest(&bytes));
-    write_atomic(&config.dir, digest_path, digest.as_bytes())?;
-    write_atomic(&config.dir, path, &bytes)?;
+    write_atomic(&config.dir, digest_path, digest.as_bytes(), true)?;
+    write_atomic(&config.dir, path, &bytes, true)?;
     evict(config);
     Ok(())
 }
@@ -211,12 +287,16 @@ const TEMP_PREFIX: &str = ".wasmpod-tmp";
 /// killed while storing): [`evict`] removes it.
 const STALE_TEMP: Duration = Duration::from_secs(600);
 
-fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` through a temp file and a rename, fsynced first
+/// when it must survive a crash.
+fn write_atomic(dir: &Path, path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
+    if durable {
+        tmp.as_file().sync_all()?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -246,10 +326,7 @@ fn evict(config: &CacheConfig) {
         if total <= config.max_bytes {
             break;
         }
-        let mut digest = path.clone().into_os_string();
-        digest.push(".sha256");
-        let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_file(digest);
+        discard(&path);
         total = total.saturating_sub(len);
     }
 }
@@ -323,6 +400,78 @@ mod tests {
         assert_eq!(o, Outcome::Stored);
         let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
         assert_eq!(o, Outcome::Hit);
+    }
+
+    #[test]
+    fn hit_refreshes_last_use_at_most_once_a_minute() {
+        let (_d, config, engine, wasm) = setup(1 << 30);
+        load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        let entry = config.dir.join(format!("{}.cwasm", key(&engine, &wasm)));
+        let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        let set = |p: &Path, t| {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap()
+        };
+        let now = std::time::SystemTime::now();
+        // used 30 s ago: a hit leaves it alone
+        let recent = now - Duration::from_secs(30);
+        set(&entry, recent);
+        let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        assert_eq!(o, Outcome::Hit);
+        assert_eq!(mtime(&entry), recent);
+        // used an hour ago: a hit makes it the most recently used
+        set(&entry, now - Duration::from_secs(3600));
+        let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        assert_eq!(o, Outcome::Hit);
+        assert!(mtime(&entry) >= now, "last use not refreshed");
+    }
+
+    #[test]
+    fn hashed_once_per_boot_until_the_file_changes() {
+        let (_d, config, engine, wasm) = setup(1 << 30);
+        load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        let entry = config.dir.join(format!("{}.cwasm", key(&engine, &wasm)));
+        let [_, stamp_path] = companions(&entry);
+        assert!(!stamp_path.exists(), "stamped before any hit");
+        // the first hit hashes and stamps
+        let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        assert_eq!(o, Outcome::Hit);
+        let stamp_text = std::fs::read_to_string(&stamp_path).unwrap();
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        assert!(stamp_text.starts_with(boot.trim()), "{stamp_text}");
+        // a forged stamp of another boot is not trusted: the entry is hashed
+        // again, found corrupt, and replaced
+        let mut bytes = std::fs::read(&entry).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&entry, &bytes).unwrap();
+        std::fs::write(
+            &stamp_path,
+            stamp_text.replacen(boot.trim(), "other-boot", 1),
+        )
+        .unwrap();
+        let mut warnings = Vec::new();
+        let (_, o) =
+            load::<Module>(Some(&config), &engine, &wasm, &mut |w| warnings.push(w)).unwrap();
+        assert_eq!(o, Outcome::Stored, "{warnings:?}");
+        assert!(warnings[0].contains("does not match"), "{warnings:?}");
+        // a write after stamping changes ctime: hashed again, caught
+        let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        assert_eq!(o, Outcome::Hit);
+        assert!(stamp_path.exists());
+        std::thread::sleep(Duration::from_millis(20));
+        let mut bytes = std::fs::read(&entry).unwrap();
+        bytes[last] ^= 0xff;
+        std::fs::write(&entry, &bytes).unwrap();
+        let mut warnings = Vec::new();
+        let (_, o) =
+            load::<Module>(Some(&config), &engine, &wasm, &mut |w| warnings.push(w)).unwrap();
+        assert_eq!(o, Outcome::Stored, "{warnings:?}");
+        assert!(warnings[0].contains("does not match"), "{warnings:?}");
     }
 
     #[test]
