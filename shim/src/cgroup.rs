@@ -99,6 +99,19 @@ impl ContainerCgroup {
         })
     }
 
+    /// The cgroup's directory when the node runs cgroup v2 (one hierarchy),
+    /// where a process can be started directly inside it; `None` on v1.
+    pub fn v2_dir(&self) -> Option<std::path::PathBuf> {
+        if !self.cgroup.v2() {
+            return None;
+        }
+        Some(
+            hierarchies::auto()
+                .root()
+                .join(self.path.trim_start_matches('/')),
+        )
+    }
+
     /// Moves process `pid` into the cgroup.
     pub fn add(&self, pid: i32) -> Result<()> {
         let pid = u64::try_from(pid).unwrap_or_default();

@@ -10,7 +10,6 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 
 use nix::sched::{setns, unshare, CloneFlags};
 use wasmpod_oci::plan::{NamespaceKind, NamespacePlan};
@@ -84,15 +83,19 @@ pub fn enter(namespaces: &[NamespacePlan]) -> Result<(), NamespaceError> {
     Ok(())
 }
 
-/// Spawns `cmd` as a member of the PID namespace at `path` (a pod's shared
-/// one, held by its sandbox).
+/// Runs `spawn` (which starts a process) on a thread that has joined the
+/// PID namespace at `path` (a pod's shared one, held by its sandbox), so the
+/// process it starts is a member.
 ///
 /// `setns(CLONE_NEWPID)` changes only where the calling thread's *children*
-/// go, so it is done on a short-lived thread of its own, which forks the
+/// go, so it is done on a short-lived thread of its own, which starts the
 /// runner and ends: no other thread of the shim, and no later fork (runc's,
 /// for instance), is affected. The child is still the shim's child, so the
 /// shim reaps it, and its pid is the one seen from the shim's namespace.
-pub fn spawn_in_pid_namespace(path: &Path, cmd: &mut Command) -> Result<Child, NamespaceError> {
+pub fn in_pid_namespace<R: Send>(
+    path: &Path,
+    spawn: impl FnOnce() -> R + Send,
+) -> Result<R, NamespaceError> {
     let join = |source| NamespaceError::Join {
         kind: NamespaceKind::Pid,
         path: path.to_owned(),
@@ -103,10 +106,7 @@ pub fn spawn_in_pid_namespace(path: &Path, cmd: &mut Command) -> Result<Child, N
         scope
             .spawn(|| {
                 setns(&file, CloneFlags::CLONE_NEWPID).map_err(|e| join(e.into()))?;
-                cmd.spawn().map_err(|e| NamespaceError::Spawn {
-                    path: path.to_owned(),
-                    source: e,
-                })
+                Ok(spawn())
             })
             .join()
             .unwrap_or_else(|_| {

@@ -115,7 +115,7 @@ impl Runner {
     pub async fn spawn(
         request: &RunRequest,
         bundle: &Path,
-        stdio: [ProcessStdio; 3],
+        stdio: crate::stdio::ChildStdio,
         exits: &ExitRouter,
         cgroup: Option<&ContainerCgroup>,
     ) -> Result<(Runner, oneshot::Receiver<Exit>)> {
@@ -128,40 +128,83 @@ impl Runner {
         let mut spans = crate::spans::Spans::new();
         let exe = std::env::current_exe().map_err(|e| runner_err("locate shim binary", e))?;
         let (ours, theirs) = StdUnixStream::pair().map_err(|e| runner_err("socketpair", e))?;
-        let [stdin, stdout, stderr] = stdio;
-        let mut cmd = Command::new(exe);
-        cmd.arg(RUNNER_ARG)
-            .arg(id)
-            .env_clear()
-            .current_dir(bundle)
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(stderr);
-        sys::pass_control_socket(&mut cmd, &theirs);
-        let child = match &request.plan.pid_namespace {
-            Some(ns) => crate::namespace::spawn_in_pid_namespace(ns, &mut cmd).map_err(|e| {
-                Error::Workload {
+        let files = stdio
+            .into_files()
+            .map_err(|e| runner_err("open /dev/null", e))?;
+        // On cgroup v2 the runner is born in its cgroup; otherwise (v1, or a
+        // kernel without CLONE_INTO_CGROUP) it is moved there below.
+        let birth_dir = cgroup.and_then(|cg| {
+            let dir = cg.v2_dir()?;
+            std::fs::File::open(&dir)
+                .map_err(|e| log::debug!("container {id}: open {}: {e}", dir.display()))
+                .ok()
+        });
+        let launch = || -> Result<(i32, bool)> {
+            if let Some(dir) = &birth_dir {
+                let program = sys::Program::new(&exe, &[RUNNER_ARG, id], bundle)
+                    .map_err(|e| runner_err("spawn", e))?;
+                match sys::spawn_into_cgroup(
+                    &program,
+                    [&files[0], &files[1], &files[2]],
+                    &theirs,
+                    dir,
+                ) {
+                    Ok(pid) => return Ok((pid, true)),
+                    Err(sys::BirthError::Unsupported(e)) => {
+                        log::debug!("container {id}: not born in its cgroup ({e}); moving it");
+                    }
+                    Err(sys::BirthError::Exec { source, .. }) => {
+                        return Err(runner_err("spawn", source))
+                    }
+                }
+            }
+            let [stdin, stdout, stderr] = files
+                .iter()
+                .map(|f| f.try_clone().map(ProcessStdio::from))
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| runner_err("spawn", e))?
+                .try_into()
+                .map_err(|_| runner_err("spawn", std::io::Error::other("stdio")))?;
+            let mut cmd = Command::new(&exe);
+            cmd.arg(RUNNER_ARG)
+                .arg(id)
+                .env_clear()
+                .current_dir(bundle)
+                .stdin(stdin)
+                .stdout(stdout)
+                .stderr(stderr);
+            sys::pass_control_socket(&mut cmd, &theirs);
+            let child = cmd.spawn().map_err(|e| runner_err("spawn", e))?;
+            let pid = i32::try_from(child.id())
+                .map_err(|_| runner_err("pid", std::io::Error::other("pid out of range")))?;
+            // The shim library's SIGCHLD handler reaps the runner; never
+            // wait on `child` here.
+            drop(child);
+            Ok((pid, false))
+        };
+        let (pid, born_in_cgroup) = match &request.plan.pid_namespace {
+            Some(ns) => {
+                crate::namespace::in_pid_namespace(ns, launch).map_err(|e| Error::Workload {
                     id: id.to_owned(),
                     message: e.to_string(),
-                }
-            })?,
-            None => cmd.spawn().map_err(|e| runner_err("spawn", e))?,
+                })??
+            }
+            None => launch()?,
         };
-        spans.mark("exec");
-        drop(cmd);
+        drop(files);
         drop(theirs);
-        let pid = i32::try_from(child.id())
-            .map_err(|_| runner_err("pid", std::io::Error::other("pid out of range")))?;
-        // The shim library's SIGCHLD handler reaps the runner; never wait on
-        // `child` here.
-        drop(child);
+        spans.mark(if born_in_cgroup {
+            "exec into cgroup"
+        } else {
+            "exec"
+        });
         let mut exit = exits.watch(pid);
 
         let result = async {
             // Join the cgroup before the runner reads its request: everything
             // it allocates from here on (engine, compiled code, the guest) is
             // charged to the container.
-            if let Some(cg) = cgroup {
+            if let Some(cg) = cgroup.filter(|_| !born_in_cgroup) {
                 cg.add(pid)?;
                 spans.mark("join cgroup");
             }

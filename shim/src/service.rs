@@ -170,7 +170,7 @@ fn api_status(s: Status) -> api::Status {
 fn process_io(
     id: &str,
     paths: &StdioPaths,
-) -> Result<(Option<ConsoleSocket>, [std::process::Stdio; 3], Keepalive)> {
+) -> Result<(Option<ConsoleSocket>, crate::stdio::ChildStdio, Keepalive)> {
     if paths.terminal {
         let (stdio, keepalive) = Stdio::default().into_parts();
         Ok((Some(ConsoleSocket::new(id)?), stdio, keepalive))
@@ -540,7 +540,7 @@ impl Service {
                             id,
                             bundle,
                             ProcessIo {
-                                stdio: child_stdio,
+                                stdio: child_stdio.into_process(),
                                 console_socket: console_socket.as_ref().map(|c| c.path()).as_deref(),
                             },
                             &self.inner.exits,
@@ -740,7 +740,7 @@ impl Service {
                             &bundle,
                             &process,
                             ProcessIo {
-                                stdio: child_stdio,
+                                stdio: child_stdio.into_process(),
                                 console_socket: console_socket
                                     .as_ref()
                                     .map(|c| c.path())

@@ -75,12 +75,36 @@ impl Stdio {
         Ok(stdio)
     }
 
-    /// Hands the runner's three descriptors to a `Command` (null where unset)
-    /// and returns the shim's keep-alive ends.
-    pub fn into_parts(self) -> ([ProcessStdio; 3], Keepalive) {
-        let [a, b, c] = self.child;
-        let conv = |f: Option<File>| f.map_or_else(ProcessStdio::null, ProcessStdio::from);
-        ([conv(a), conv(b), conv(c)], self.keep)
+    /// Splits into the process's three descriptors and the shim's
+    /// keep-alive ends.
+    pub fn into_parts(self) -> (ChildStdio, Keepalive) {
+        (ChildStdio(self.child), self.keep)
+    }
+}
+
+/// The three descriptors a container's process gets as fds 0–2 (`None`:
+/// `/dev/null`).
+#[derive(Debug, Default)]
+pub struct ChildStdio(pub [Option<File>; 3]);
+
+impl ChildStdio {
+    /// For a `Command`.
+    pub fn into_process(self) -> [ProcessStdio; 3] {
+        self.0
+            .map(|f| f.map_or_else(ProcessStdio::null, ProcessStdio::from))
+    }
+
+    /// As open files, `/dev/null` opened for the unset ones.
+    pub fn into_files(self) -> std::io::Result<[File; 3]> {
+        let [a, b, c] = self.0;
+        let or_null = |f: Option<File>, write: bool| match f {
+            Some(f) => Ok(f),
+            None => OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .open("/dev/null"),
+        };
+        Ok([or_null(a, false)?, or_null(b, true)?, or_null(c, true)?])
     }
 }
 

@@ -242,3 +242,300 @@ pub fn map_cached_component(
     // SAFETY: as for `map_cached_module`.
     unsafe { wasmtime::component::Component::deserialize_file(engine, fd_path(file)) }
 }
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7); libc's constant has the wrong width.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Why [`spawn_into_cgroup`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BirthError {
+    /// The kernel cannot start a process in that cgroup (no `clone3`, no
+    /// `CLONE_INTO_CGROUP`, not a cgroup v2 directory): use another way.
+    #[error("clone3 into the cgroup: {0}")]
+    Unsupported(std::io::Error),
+    /// The child was started but could not set up or exec.
+    #[error("start {exe}: {source}")]
+    Exec {
+        exe: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A program for [`spawn_into_cgroup`]: everything the child needs, made
+/// before the fork, because the child may not allocate.
+pub struct Program {
+    exe: std::ffi::CString,
+    argv: Vec<std::ffi::CString>,
+    cwd: std::ffi::CString,
+}
+
+impl Program {
+    /// `exe` run with `args` (after `argv[0]`, which is `exe`) in `cwd`, with
+    /// an empty environment.
+    pub fn new(exe: &Path, args: &[&str], cwd: &Path) -> std::io::Result<Program> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |b: &[u8]| std::ffi::CString::new(b).map_err(std::io::Error::other);
+        let exe_c = c(exe.as_os_str().as_bytes())?;
+        let mut argv = vec![exe_c.clone()];
+        for a in args {
+            argv.push(c(a.as_bytes())?);
+        }
+        Ok(Program {
+            exe: exe_c,
+            argv,
+            cwd: c(cwd.as_os_str().as_bytes())?,
+        })
+    }
+}
+
+/// Starts `program` as a child of this process *born in* the cgroup v2
+/// directory `cgroup` (`clone3` with `CLONE_INTO_CGROUP`), with `stdio` as
+/// its fds 0–2 and `control` as [`CONTROL_FD`]. A process moved into a
+/// cgroup by writing `cgroup.procs` waits for an RCU grace period on the
+/// kernel's global threadgroup lock (10–25 ms on a small VM); one born there
+/// does not. Returns the child's pid once it has exec'd.
+pub fn spawn_into_cgroup(
+    program: &Program,
+    stdio: [&File; 3],
+    control: &UnixStream,
+    cgroup: &File,
+) -> Result<i32, BirthError> {
+    let exec_err = |source| BirthError::Exec {
+        exe: program.exe.to_string_lossy().into_owned(),
+        source,
+    };
+    // Everything the child touches is laid out now.
+    let argv: Vec<*const libc::c_char> = program
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let sources = [
+        stdio[0].as_raw_fd(),
+        stdio[1].as_raw_fd(),
+        stdio[2].as_raw_fd(),
+        control.as_raw_fd(),
+    ];
+    let (err_read, err_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| exec_err(e.into()))?;
+    // SAFETY: clone_args is plain data; all-zero is its documented default.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = CLONE_INTO_CGROUP;
+    args.exit_signal = libc::SIGCHLD as u64;
+    args.cgroup = cgroup.as_raw_fd() as u64;
+    // SAFETY: clone3 without CLONE_VM forks this process: the child gets a
+    // copy of the address space and only this thread. In the child, the code
+    // below calls only async-signal-safe syscalls (fcntl, dup2, sigprocmask,
+    // signal, chdir, execve, write, _exit) on data prepared above, never the
+    // allocator or a lock another thread may have held, and leaves by
+    // execve or _exit. The parent only reads the result.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    if pid == 0 {
+        // SAFETY: see above; `child` never returns.
+        unsafe {
+            child(
+                &program.exe,
+                &argv,
+                &envp,
+                &program.cwd,
+                sources,
+                err_write.as_raw_fd(),
+            )
+        }
+    }
+    if pid < 0 {
+        return Err(BirthError::Unsupported(std::io::Error::last_os_error()));
+    }
+    drop(err_write);
+    let pid = i32::try_from(pid).map_err(|_| exec_err(std::io::Error::other("pid range")))?;
+    // The write end closes at exec: nothing to read means the exec worked.
+    let mut errno = [0u8; 4];
+    let mut got = 0;
+    let mut reader = File::from(err_read);
+    loop {
+        use std::io::Read;
+        match reader.read(&mut errno[got..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n;
+                if got == errno.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(exec_err(e)),
+        }
+    }
+    if got == 0 {
+        Ok(pid)
+    } else {
+        // The child has exited (127); the shim's reaper collects it.
+        Err(exec_err(std::io::Error::from_raw_os_error(
+            i32::from_ne_bytes(errno),
+        )))
+    }
+}
+
+/// The child side of [`spawn_into_cgroup`]: only async-signal-safe calls.
+///
+/// # Safety
+/// Must be called only in the child of a fork, with pointers into memory
+/// prepared before it.
+unsafe fn child(
+    exe: &std::ffi::CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char; 1],
+    cwd: &std::ffi::CStr,
+    sources: [RawFd; 4],
+    err: RawFd,
+) -> ! {
+    unsafe fn fail(err: RawFd) -> ! {
+        // SAFETY: errno is this thread's; write and _exit are
+        // async-signal-safe.
+        unsafe {
+            let errno = *libc::__errno_location();
+            let bytes = errno.to_ne_bytes();
+            libc::write(err, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127)
+        }
+    }
+    // SAFETY: the caller's contract; each call below is async-signal-safe.
+    unsafe {
+        // Move everything above the target numbers first, so no dup2 below
+        // overwrites a source (or the error pipe) still to be used.
+        let err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, 16);
+        if err < 0 {
+            libc::_exit(127);
+        }
+        let mut moved = [0; 4];
+        for (i, fd) in sources.iter().enumerate() {
+            moved[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 16);
+            if moved[i] < 0 {
+                fail(err);
+            }
+        }
+        // dup2 clears close-on-exec on the copy.
+        for (target, fd) in moved.iter().enumerate() {
+            if libc::dup2(*fd, target as RawFd) < 0 {
+                fail(err);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // Rust ignores SIGPIPE; a new program starts with the default.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if libc::chdir(cwd.as_ptr()) < 0 {
+            fail(err);
+        }
+        libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// A cgroup v2 mount of this machine (the unified one, or the hybrid
+    /// layout's `unified`), when running as root.
+    fn cgroup2_mount() -> Option<std::path::PathBuf> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return None;
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+        mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && f[2] == "cgroup2")
+            .map(|f| std::path::PathBuf::from(f[1]))
+    }
+
+    fn wait(pid: i32) -> nix::sys::wait::WaitStatus {
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap()
+    }
+
+    #[test]
+    fn born_in_a_cgroup_v2_directory_with_its_stdio_and_control_socket() {
+        let Some(mount) = cgroup2_mount() else {
+            eprintln!("skipped: no cgroup v2 mount, or not root");
+            return;
+        };
+        let name = format!("wasmpod-birth-test-{}", std::process::id());
+        let dir = mount.join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let cwd = tempfile::tempdir().unwrap();
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let out = File::from(write);
+        let null = File::open("/dev/null").unwrap();
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let script =
+            "cat /proc/self/cgroup; pwd; wc -c < /proc/$$/environ; readlink /proc/self/fd/3";
+        let program = Program::new(Path::new("/bin/sh"), &["-c", script], cwd.path()).unwrap();
+        let cg = File::open(&dir).unwrap();
+        let pid = spawn_into_cgroup(&program, [&null, &out, &out], &theirs, &cg).unwrap();
+        drop(out);
+        let mut text = String::new();
+        File::from(read).read_to_string(&mut text).unwrap();
+        assert_eq!(
+            wait(pid),
+            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0)
+        );
+        std::fs::remove_dir(&dir).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines.contains(&format!("0::/{name}").as_str()),
+            "not born in {name}: {text}"
+        );
+        assert!(lines.contains(&cwd.path().to_str().unwrap()), "cwd: {text}");
+        assert!(lines.contains(&"0"), "environment not empty: {text}");
+        assert!(
+            lines.last().is_some_and(|l| l.starts_with("socket:")),
+            "fd 3 is not the control socket: {text}"
+        );
+    }
+
+    #[test]
+    fn exec_failure_and_a_directory_that_is_not_a_cgroup() {
+        let Some(mount) = cgroup2_mount() else {
+            eprintln!("skipped: no cgroup v2 mount, or not root");
+            return;
+        };
+        let null = File::open("/dev/null").unwrap();
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let cwd = tempfile::tempdir().unwrap();
+        // not a cgroup: the kernel refuses, and the caller moves the process
+        let program = Program::new(Path::new("/bin/true"), &[], cwd.path()).unwrap();
+        let not_cgroup = File::open(cwd.path()).unwrap();
+        match spawn_into_cgroup(&program, [&null, &null, &null], &theirs, &not_cgroup) {
+            Err(BirthError::Unsupported(_)) => {}
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        // a program that does not exist: the exec error comes back
+        let name = format!("wasmpod-birth-fail-{}", std::process::id());
+        let dir = mount.join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let cg = File::open(&dir).unwrap();
+        let missing = Program::new(Path::new("/nonexistent/runner"), &[], cwd.path()).unwrap();
+        let result = spawn_into_cgroup(&missing, [&null, &null, &null], &theirs, &cg);
+        // reap the child that failed to exec before removing its cgroup
+        let _ = nix::sys::wait::wait();
+        std::fs::remove_dir(&dir).unwrap();
+        match result {
+            Err(BirthError::Exec { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{source}")
+            }
+            other => panic!("expected an exec error, got {other:?}"),
+        }
+    }
+}
