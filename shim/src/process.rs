@@ -44,6 +44,10 @@ pub struct ExitRouter {
 struct Routes {
     waiting: HashMap<i32, oneshot::Sender<Exit>>,
     early: HashMap<i32, Exit>,
+    /// Pids whose coming exit nobody wants (a runner killed or failed while
+    /// starting): dropped on arrival, so it can never reach a later process
+    /// that reuses the pid.
+    discard: std::collections::HashSet<i32>,
 }
 
 const MAX_EARLY_EXITS: usize = 4096;
@@ -64,11 +68,18 @@ impl ExitRouter {
         rx
     }
 
-    /// Stops watching `pid` and forgets any exit recorded for it.
+    /// Stops watching `pid`, which has exited or is about to (it was killed),
+    /// after [`watch`](Self::watch): an exit not delivered yet is dropped when
+    /// it arrives instead of being kept for the next process with that pid.
     pub fn forget(&self, pid: i32) {
         let mut routes = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        routes.waiting.remove(&pid);
         routes.early.remove(&pid);
+        if routes.waiting.remove(&pid).is_some() {
+            if routes.discard.len() >= MAX_EARLY_EXITS {
+                routes.discard.clear();
+            }
+            routes.discard.insert(pid);
+        }
     }
 
     /// Delivers the exit of `pid` (called for every child the shim reaps).
@@ -78,6 +89,9 @@ impl ExitRouter {
             at: SystemTime::now(),
         };
         let mut routes = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if routes.discard.remove(&pid) {
+            return;
+        }
         match routes.waiting.remove(&pid) {
             Some(tx) => {
                 let _ = tx.send(exit);
@@ -153,8 +167,14 @@ impl Runner {
                     Err(sys::BirthError::Unsupported(e)) => {
                         log::debug!("container {id}: not born in its cgroup ({e}); moving it");
                     }
-                    Err(sys::BirthError::Exec { source, .. }) => {
-                        return Err(runner_err("spawn", source))
+                    Err(sys::BirthError::Exec { source, pid, .. }) => {
+                        // It exited (127); its exit must not linger for a
+                        // later process with the same pid.
+                        if let Some(pid) = pid {
+                            drop(exits.watch(pid));
+                            exits.forget(pid);
+                        }
+                        return Err(runner_err("spawn", source));
                     }
                 }
             }
@@ -336,5 +356,21 @@ mod tests {
         let rx = r.watch(12);
         r.deliver(12, 2);
         assert_eq!(rx.await.unwrap().code, 2);
+        // watched, then killed and forgotten before its exit arrives: that
+        // exit is dropped, and the pid's next process gets its own
+        drop(r.watch(13));
+        r.forget(13);
+        r.deliver(13, 137);
+        let rx = r.watch(13);
+        r.deliver(13, 0);
+        assert_eq!(rx.await.unwrap().code, 0);
+        // forgotten after its exit was delivered: nothing is dropped later
+        let rx = r.watch(14);
+        r.deliver(14, 1);
+        assert_eq!(rx.await.unwrap().code, 1);
+        r.forget(14);
+        let rx = r.watch(14);
+        r.deliver(14, 3);
+        assert_eq!(rx.await.unwrap().code, 3);
     }
 }

@@ -253,10 +253,12 @@ pub enum BirthError {
     /// `CLONE_INTO_CGROUP`, not a cgroup v2 directory): use another way.
     #[error("clone3 into the cgroup: {0}")]
     Unsupported(std::io::Error),
-    /// The child was started but could not set up or exec.
+    /// The child could not set up or exec (`pid`: the child, which has
+    /// exited, when one was started).
     #[error("start {exe}: {source}")]
     Exec {
         exe: String,
+        pid: Option<i32>,
         #[source]
         source: std::io::Error,
     },
@@ -301,8 +303,9 @@ pub fn spawn_into_cgroup(
     control: &UnixStream,
     cgroup: &File,
 ) -> Result<i32, BirthError> {
-    let exec_err = |source| BirthError::Exec {
+    let exec_err = |source, pid| BirthError::Exec {
         exe: program.exe.to_string_lossy().into_owned(),
+        pid,
         source,
     };
     // Everything the child touches is laid out now.
@@ -320,7 +323,7 @@ pub fn spawn_into_cgroup(
         control.as_raw_fd(),
     ];
     let (err_read, err_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| exec_err(e.into()))?;
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| exec_err(e.into(), None))?;
     // SAFETY: clone_args is plain data; all-zero is its documented default.
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
     args.flags = CLONE_INTO_CGROUP;
@@ -353,10 +356,19 @@ pub fn spawn_into_cgroup(
         }
     }
     if pid < 0 {
-        return Err(BirthError::Unsupported(std::io::Error::last_os_error()));
+        let e = std::io::Error::last_os_error();
+        // Only a kernel or cgroup that cannot do it is worth another way; a
+        // full pids.max (EAGAIN) or a dead PID namespace (ENOMEM) must fail,
+        // not be worked around by a move that ignores the limit.
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EBADF | libc::EOPNOTSUPP) => {
+                BirthError::Unsupported(e)
+            }
+            _ => exec_err(e, None),
+        });
     }
     drop(err_write);
-    let pid = i32::try_from(pid).map_err(|_| exec_err(std::io::Error::other("pid range")))?;
+    let pid = i32::try_from(pid).map_err(|_| exec_err(std::io::Error::other("pid range"), None))?;
     // The write end closes at exec: nothing to read means the exec worked.
     let mut errno = [0u8; 4];
     let mut got = 0;
@@ -372,16 +384,20 @@ pub fn spawn_into_cgroup(
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(exec_err(e)),
+            Err(e) => return Err(exec_err(e, Some(pid))),
         }
     }
-    if got == 0 {
-        Ok(pid)
-    } else {
+    match got {
+        0 => Ok(pid),
         // The child has exited (127); the shim's reaper collects it.
-        Err(exec_err(std::io::Error::from_raw_os_error(
-            i32::from_ne_bytes(errno),
-        )))
+        4 => Err(exec_err(
+            std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno)),
+            Some(pid),
+        )),
+        _ => Err(exec_err(
+            std::io::Error::other("short error report from the child"),
+            Some(pid),
+        )),
     }
 }
 
@@ -412,10 +428,11 @@ unsafe fn child(
     unsafe {
         // Move everything above the target numbers first, so no dup2 below
         // overwrites a source (or the error pipe) still to be used.
-        let err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, 16);
-        if err < 0 {
-            libc::_exit(127);
+        let moved_err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, 16);
+        if moved_err < 0 {
+            fail(err);
         }
+        let err = moved_err;
         let mut moved = [0; 4];
         for (i, fd) in sources.iter().enumerate() {
             moved[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 16);
@@ -532,7 +549,11 @@ mod tests {
         let _ = nix::sys::wait::wait();
         std::fs::remove_dir(&dir).unwrap();
         match result {
-            Err(BirthError::Exec { source, .. }) => {
+            Err(BirthError::Exec {
+                source,
+                pid: Some(_),
+                ..
+            }) => {
                 assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{source}")
             }
             other => panic!("expected an exec error, got {other:?}"),
