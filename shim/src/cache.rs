@@ -222,11 +222,23 @@ fn lookup<A: Artifact>(
     // One open file is hashed and then mapped: an entry replaced between
     // the two is never the one loaded.
     let mut file = std::fs::File::open(path).ok()?;
+    // Last use first, so that the stamp below sees the ctime it leaves.
+    let stale = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age > REFRESH_LAST_USE);
+    if stale {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
     // Hashing costs about a millisecond per 2 MB on every start. It is done
     // once per boot and entry: a stamp records that this very file, unwritten
     // since (its ctime), matched; a reboot or any write means hashing again.
-    let stamped = stamp(&file, want)
-        .is_some_and(|s| std::fs::read_to_string(&stamp_path).is_ok_and(|t| t == s));
+    let before = stamp(&file, want);
+    let stamped = before
+        .as_ref()
+        .is_some_and(|s| std::fs::read_to_string(&stamp_path).is_ok_and(|t| t == *s));
     if !stamped && digest_of(&mut file).ok()? != want {
         warn(format!(
             "module cache: {} does not match its digest: discarded",
@@ -237,18 +249,11 @@ fn lookup<A: Artifact>(
     }
     match A::load(engine, &file) {
         Ok(a) => {
-            let stale = file
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_none_or(|age| age > REFRESH_LAST_USE);
-            if stale {
-                let _ = file.set_modified(std::time::SystemTime::now());
-            }
-            if stale || !stamped {
-                // best effort: without a stamp the next start hashes again
-                if let (Some(s), Some(dir)) = (stamp(&file, want), path.parent()) {
+            // Stamp only what was hashed: the file must be as it was before
+            // the hash began. Best effort; without a stamp the next start
+            // hashes again.
+            if let (false, Some(s), Some(dir)) = (stamped, before, path.parent()) {
+                if stamp(&file, want).as_ref() == Some(&s) && path.exists() {
                     let _ = write_atomic(dir, &stamp_path, s.as_bytes(), false);
                 }
             }
@@ -305,6 +310,7 @@ fn write_atomic(dir: &Path, path: &Path, bytes: &[u8], durable: bool) -> std::io
 /// used entries until the cache fits.
 fn evict(config: &CacheConfig) {
     sweep_stale_temps(&config.dir, STALE_TEMP);
+    sweep_orphans(&config.dir, STALE_TEMP);
     let Ok(dir) = std::fs::read_dir(&config.dir) else {
         return;
     };
@@ -328,6 +334,32 @@ fn evict(config: &CacheConfig) {
         }
         discard(&path);
         total = total.saturating_sub(len);
+    }
+}
+
+/// Removes sidecars and stamps older than `age` whose entry is gone (an
+/// eviction racing a lookup, a writer that died between its two renames).
+fn sweep_orphans(dir: &Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let path = e.path();
+        let is_companion = path
+            .extension()
+            .is_some_and(|x| x == "sha256" || x == "verified");
+        if !is_companion || path.with_extension("").exists() {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|a| a >= age);
+        if old {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 
@@ -391,6 +423,38 @@ mod tests {
         assert_eq!(o, Outcome::Stored);
         assert!(!stale.exists(), "a dead writer's temp file was kept");
         assert!(fresh.exists(), "a live writer's temp file was removed");
+    }
+
+    #[test]
+    fn orphaned_sidecars_and_stamps_are_swept() {
+        let (_d, config, engine, wasm) = setup(1 << 30);
+        std::fs::create_dir_all(&config.dir).unwrap();
+        let long_ago = std::time::SystemTime::now() - STALE_TEMP - Duration::from_secs(1);
+        let mut paths = Vec::new();
+        for name in [
+            "gone.cwasm.sha256",
+            "gone.ccwasm.verified",
+            "young.cwasm.sha256",
+        ] {
+            let p = config.dir.join(name);
+            std::fs::write(&p, b"x").unwrap();
+            if !name.starts_with("young") {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(long_ago)
+                    .unwrap();
+            }
+            paths.push(p);
+        }
+        let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        assert_eq!(o, Outcome::Stored);
+        assert!(!paths[0].exists() && !paths[1].exists(), "old orphans kept");
+        assert!(paths[2].exists(), "a young sidecar may precede its entry");
+        // the entry just stored keeps its sidecar
+        let entry = config.dir.join(format!("{}.cwasm", key(&engine, &wasm)));
+        assert!(companions(&entry)[0].exists());
     }
 
     #[test]
