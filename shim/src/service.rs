@@ -700,17 +700,49 @@ impl Service {
                             source,
                         },
                     )?;
-                    for ns in &mut plan.namespaces {
-                        let name = match ns.kind {
+                    // The container's namespaces are its runner's. Opened
+                    // first and checked after: if the runner is still the
+                    // process at that pid once the files are open, they are
+                    // its namespaces (a reused pid would fail the check), and
+                    // the exec'd runner joins them through the shim's fds.
+                    let mut held = Vec::new();
+                    let kinds = plan
+                        .namespaces
+                        .iter()
+                        .map(|ns| ns.kind)
+                        .chain(plan.pid_namespace.as_ref().map(|_| NamespaceKind::Pid))
+                        .collect::<Vec<_>>();
+                    for kind in kinds {
+                        let name = match kind {
                             NamespaceKind::Network => "net",
                             NamespaceKind::Ipc => "ipc",
                             NamespaceKind::Uts => "uts",
                             NamespaceKind::Pid => "pid",
                         };
-                        ns.path = Some(format!("/proc/{init_pid}/ns/{name}").into());
+                        let path = format!("/proc/{init_pid}/ns/{name}");
+                        let file = std::fs::File::open(&path).map_err(|e| Error::Workload {
+                            id: full_id.clone(),
+                            message: format!("open the container's namespace {path}: {e}"),
+                        })?;
+                        let fd_path: PathBuf = format!(
+                            "/proc/{}/fd/{}",
+                            std::process::id(),
+                            std::os::fd::AsRawFd::as_raw_fd(&file)
+                        )
+                        .into();
+                        if kind == NamespaceKind::Pid {
+                            plan.pid_namespace = Some(fd_path);
+                        } else if let Some(ns) =
+                            plan.namespaces.iter_mut().find(|ns| ns.kind == kind)
+                        {
+                            ns.path = Some(fd_path);
+                        }
+                        held.push(file);
                     }
-                    if plan.pid_namespace.is_some() {
-                        plan.pid_namespace = Some(format!("/proc/{init_pid}/ns/pid").into());
+                    if !crate::is_runner(init_pid, &req.id) {
+                        return Err(c.precondition(
+                            "cannot start exec: the container's process has exited",
+                        ));
                     }
                     let request = RunRequest {
                         id: full_id.clone(),
@@ -726,6 +758,8 @@ impl Service {
                         cgroup.as_deref(),
                     )
                     .await?;
+                    // The runner is in the namespaces now.
+                    drop(held);
                     let pid = runner.pid;
                     runner.start(&full_id).await?;
                     (pid, exit)
