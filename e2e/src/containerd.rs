@@ -79,6 +79,29 @@ pub struct ContainerdOptions {
     /// Extra environment for containerd, inherited by the shims it starts
     /// (e.g. `RUST_LOG`).
     pub env: Vec<(String, String)>,
+    /// Run containerd, and everything it starts, on a cgroup v2 node
+    /// (default `false`). On a v1 machine with a v2 hierarchy beside it
+    /// (`/sys/fs/cgroup/unified`, the hybrid layout) containerd gets a
+    /// private mount namespace in which that hierarchy is `/sys/fs/cgroup`;
+    /// see [`cgroup2_mount`].
+    pub cgroup2: bool,
+}
+
+/// Where this machine has a cgroup v2 hierarchy, and whether it is the one
+/// at `/sys/fs/cgroup` (a v2 node) rather than beside a v1 layout.
+pub fn cgroup2_mount() -> Option<(PathBuf, bool)> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    let v2: Vec<PathBuf> = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .collect();
+    let root = Path::new(crate::leftovers::CGROUP_ROOT);
+    if v2.iter().any(|p| p == root) {
+        return Some((root.to_path_buf(), true));
+    }
+    v2.into_iter().next().map(|p| (p, false))
 }
 
 /// The directory of the containerd under test: `$WASMPOD_E2E_CONTAINERD_DIR`
@@ -105,6 +128,7 @@ impl Default for ContainerdOptions {
             shim: None,
             require_shim: true,
             env: Vec::new(),
+            cgroup2: false,
         }
     }
 }
@@ -467,7 +491,22 @@ impl Containerd {
         let log2 = log
             .try_clone()
             .context("failed to duplicate the containerd log file")?;
-        let mut cmd = Command::new(&self.opts.containerd_bin);
+        let mut cmd = match (self.opts.cgroup2, cgroup2_mount()) {
+            (true, None) => bail!("no cgroup v2 hierarchy on this machine"),
+            (true, Some((mount, false))) => {
+                // unshare and sh exec in place: the child's pid is containerd's
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                    .arg(format!(
+                        "mount --bind {} {} && exec \"$0\" \"$@\"",
+                        mount.display(),
+                        crate::leftovers::CGROUP_ROOT
+                    ))
+                    .arg(&self.opts.containerd_bin);
+                c
+            }
+            _ => Command::new(&self.opts.containerd_bin),
+        };
         cmd.arg("--config")
             .arg(self.config_path())
             .current_dir(&self.dir)

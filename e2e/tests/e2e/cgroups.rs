@@ -140,3 +140,77 @@ fn memory_bomb_fails_cleanly_inside_the_limit() -> Result<()> {
     }
     cd.assert_no_leftovers()
 }
+
+/// On a cgroup v2 node the runner is born in its cgroup (`clone3` with
+/// `CLONE_INTO_CGROUP`) instead of being moved there. This machine is v1
+/// with a v2 hierarchy beside it, so containerd runs in a mount namespace
+/// where that hierarchy is `/sys/fs/cgroup` (it has no controllers here, so
+/// limits are not part of this test; placement, exits and removal are).
+#[test]
+fn cgroup_v2_runner_is_born_in_its_cgroup() -> Result<()> {
+    let Some((mount, _)) = wasmpod_e2e::containerd::cgroup2_mount() else {
+        bail!("this machine has no cgroup v2 hierarchy to test on");
+    };
+    let cd = Containerd::start(ContainerdOptions {
+        cgroup2: true,
+        ..Default::default()
+    })?;
+    let image = probe_image(&cd, P1)?;
+    let ns = cd.namespace().to_owned();
+
+    let out = run(&cd, &[], &image, "cg2-once", &["/probe.wasm", "args", "x"])?;
+    ensure!(
+        out.status == Some(0) && out.stdout.ends_with("x\n"),
+        "{out:?}"
+    );
+    let log = std::fs::read_to_string(cd.log_path())?;
+    let line = log
+        .lines()
+        .find(|l| l.contains("container cg2-once: runner pid"))
+        .context("no 'loaded' line for cg2-once")?;
+    ensure!(
+        line.contains("runner exec into cgroup") && !line.contains("join cgroup"),
+        "not born in its cgroup: {line}"
+    );
+
+    let id = "cg2-hold";
+    let mut child = cd.ctr_spawn(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        &image,
+        id,
+        "/probe.wasm",
+        "sleep",
+        "60",
+    ])?;
+    let pid = running_pid(&cd, id)?;
+    let dir = mount.join(&ns).join(id);
+    let result = (|| -> Result<()> {
+        let own = read(&format!("/proc/{pid}/cgroup"))?;
+        ensure!(
+            own.lines().any(|l| l == format!("0::/{ns}/{id}")),
+            "runner {pid} is not in {ns}/{id}: {own}"
+        );
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+        ensure!(
+            procs.lines().any(|p| p == pid.to_string()),
+            "pid {pid} not in {}: {procs}",
+            dir.display()
+        );
+        Ok(())
+    })();
+    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id])?;
+    let status = child.wait()?;
+    result?;
+    ensure!(status.code() == Some(137), "ctr exit {status:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dir.exists() {
+        if Instant::now() > deadline {
+            bail!("cgroup {} left behind", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cd.assert_no_leftovers()
+}
