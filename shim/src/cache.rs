@@ -348,19 +348,19 @@ fn sweep_orphans(dir: &Path, age: Duration) {
         let is_companion = path
             .extension()
             .is_some_and(|x| x == "sha256" || x == "verified");
-        if !is_companion || path.with_extension("").exists() {
-            continue;
-        }
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|a| a >= age);
-        if old {
+        if is_companion && !path.with_extension("").exists() && older_than(&e, age) {
             let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// Whether the directory entry was last modified at least `age` ago.
+fn older_than(e: &std::fs::DirEntry, age: Duration) -> bool {
+    e.metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|a| a >= age)
 }
 
 /// Removes this cache's temp files older than `age` (younger ones may
@@ -370,16 +370,7 @@ fn sweep_stale_temps(dir: &Path, age: Duration) {
         return;
     };
     for e in entries.filter_map(Result::ok) {
-        if !e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-            continue;
-        }
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|a| a >= age);
-        if old {
+        if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) && older_than(&e, age) {
             let _ = std::fs::remove_file(e.path());
         }
     }

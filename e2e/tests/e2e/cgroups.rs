@@ -29,6 +29,29 @@ fn memory_usage(cd: &Containerd, id: &str) -> Result<u64> {
     value.parse().with_context(|| format!("usage {value}"))
 }
 
+/// SIGKILLs the `ctr run` of `id` (after the checks that gave `result`),
+/// expects exit 137, then waits for the cgroup directories `dirs` to go.
+fn kill_and_check_removed(
+    cd: &Containerd,
+    id: &str,
+    child: &mut std::process::Child,
+    result: Result<()>,
+    dirs: &[std::path::PathBuf],
+) -> Result<()> {
+    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id])?;
+    let status = child.wait()?;
+    result?;
+    ensure!(status.code() == Some(137), "ctr exit {status:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Some(dir) = dirs.iter().find(|d| d.exists()) {
+        if Instant::now() > deadline {
+            bail!("cgroup {} left behind", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cd.assert_no_leftovers()
+}
+
 #[test]
 fn cgroup_placement_limits_stats_and_removal() -> Result<()> {
     let cd = Containerd::start(ContainerdOptions::default())?;
@@ -90,18 +113,7 @@ fn cgroup_placement_limits_stats_and_removal() -> Result<()> {
         }
         Ok(())
     })();
-    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id])?;
-    let status = child.wait()?;
-    result?;
-    ensure!(status.code() == Some(137), "ctr exit {status:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::path::Path::new(&mem).exists() || std::path::Path::new(&cpu).exists() {
-        if Instant::now() > deadline {
-            bail!("cgroup {mem} left behind");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cd.assert_no_leftovers()
+    kill_and_check_removed(&cd, id, &mut child, result, &[mem.into(), cpu.into()])
 }
 
 #[test]
@@ -201,16 +213,5 @@ fn cgroup_v2_runner_is_born_in_its_cgroup() -> Result<()> {
         );
         Ok(())
     })();
-    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id])?;
-    let status = child.wait()?;
-    result?;
-    ensure!(status.code() == Some(137), "ctr exit {status:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while dir.exists() {
-        if Instant::now() > deadline {
-            bail!("cgroup {} left behind", dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cd.assert_no_leftovers()
+    kill_and_check_removed(&cd, id, &mut child, result, &[dir])
 }
