@@ -5,7 +5,7 @@
 //! inherits them.
 //!
 //! A PID namespace cannot be entered by a running process, only by its
-//! children: [`spawn_in_pid_namespace`] forks the runner from a thread of
+//! children: [`in_pid_namespace`] starts the runner from a thread of
 //! the shim that joined the pod's PID namespace for that one fork.
 
 use std::fs::File;
