@@ -112,6 +112,35 @@ impl ContainerCgroup {
         )
     }
 
+    /// The cgroup's path below the hierarchy root (`linux.cgroupsPath`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The cgroup's `tasks` file in each hierarchy when the node runs
+    /// cgroup v1, opened for writing, for a new process to move itself in
+    /// (see [`crate::sys::Placement`]); `None` on v2.
+    pub fn v1_tasks(&self) -> Option<std::io::Result<Vec<std::fs::File>>> {
+        if self.cgroup.v2() {
+            return None;
+        }
+        Some(
+            self.cgroup
+                .subsystems()
+                .iter()
+                .map(|s| {
+                    let path = s.to_controller().path().join("tasks");
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| {
+                            std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                        })
+                })
+                .collect(),
+        )
+    }
+
     /// Moves process `pid` into the cgroup.
     pub fn add(&self, pid: i32) -> Result<()> {
         let pid = u64::try_from(pid).unwrap_or_default();

@@ -145,34 +145,57 @@ impl Runner {
         let files = stdio
             .into_files()
             .map_err(|e| runner_err("open /dev/null", e))?;
-        // On cgroup v2 the runner is born in its cgroup; otherwise (v1, or a
-        // kernel without CLONE_INTO_CGROUP) it is moved there below.
-        let birth_dir = cgroup.and_then(|cg| {
-            let dir = cg.v2_dir()?;
-            std::fs::File::open(&dir)
-                .map_err(|e| log::debug!("container {id}: open {}: {e}", dir.display()))
+        // The runner is in its cgroup before it execs: born there on v2,
+        // moving itself there on v1 (see `sys::Placement`). Only when that
+        // cannot be done is it moved after the exec, below.
+        enum Target {
+            V2(std::fs::File),
+            V1(Vec<std::fs::File>),
+        }
+        let target = cgroup.and_then(|cg| {
+            let opened = match cg.v2_dir() {
+                Some(dir) => std::fs::File::open(&dir)
+                    .map(Target::V2)
+                    .map_err(|e| format!("open {}: {e}", dir.display())),
+                None => cg.v1_tasks()?.map(Target::V1).map_err(|e| e.to_string()),
+            };
+            opened
+                .map_err(|e| log::debug!("container {id}: {e}; moving the runner instead"))
                 .ok()
         });
         let launch = || -> Result<(i32, bool)> {
-            if let Some(dir) = &birth_dir {
+            if let Some(target) = &target {
+                let placement = match target {
+                    Target::V2(dir) => sys::Placement::Born(dir),
+                    Target::V1(tasks) => sys::Placement::MovesItself(tasks),
+                };
                 let program = sys::Program::new(&exe, &[RUNNER_ARG, id], bundle)
                     .map_err(|e| runner_err("spawn", e))?;
-                match sys::spawn_into_cgroup(
+                match sys::spawn_in_cgroup(
                     &program,
                     [&files[0], &files[1], &files[2]],
                     &theirs,
-                    dir,
+                    placement,
                 ) {
                     Ok(pid) => return Ok((pid, true)),
                     Err(sys::BirthError::Unsupported(e)) => {
                         log::debug!("container {id}: not born in its cgroup ({e}); moving it");
                     }
-                    Err(sys::BirthError::Exec { source, pid, .. }) => {
+                    Err(sys::BirthError::Exec {
+                        source, pid, step, ..
+                    }) => {
                         // It exited (127); its exit must not linger for a
                         // later process with the same pid.
                         if let Some(pid) = pid {
                             drop(exits.watch(pid));
                             exits.forget(pid);
+                        }
+                        if step == "join cgroup" {
+                            return Err(Error::Cgroup {
+                                id: id.to_owned(),
+                                path: cgroup.map(|c| c.path().to_owned()).unwrap_or_default(),
+                                what: format!("join: {source}"),
+                            });
                         }
                         return Err(runner_err("spawn", source));
                     }

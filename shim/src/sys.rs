@@ -246,25 +246,31 @@ pub fn map_cached_component(
 /// `CLONE_INTO_CGROUP` (Linux 5.7); libc's constant has the wrong width.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Why [`spawn_into_cgroup`] failed.
+/// Why [`spawn_in_cgroup`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BirthError {
     /// The kernel cannot start a process in that cgroup (no `clone3`, no
     /// `CLONE_INTO_CGROUP`, not a cgroup v2 directory): use another way.
     #[error("clone3 into the cgroup: {0}")]
     Unsupported(std::io::Error),
-    /// The child could not set up or exec (`pid`: the child, which has
-    /// exited, when one was started).
-    #[error("start {exe}: {source}")]
+    /// The child could not join its cgroup, set up, or exec (`pid`: the
+    /// child, which has exited, when one was started).
+    #[error("start {exe}: {step}: {source}")]
     Exec {
         exe: String,
         pid: Option<i32>,
+        /// What the child was doing: `clone`, `join cgroup`, `stdio`,
+        /// `chdir` or `exec`.
+        step: &'static str,
         #[source]
         source: std::io::Error,
     },
 }
 
-/// A program for [`spawn_into_cgroup`]: everything the child needs, made
+/// The steps the child of [`spawn_in_cgroup`] reports a failure of, by index.
+const CHILD_STEPS: [&str; 4] = ["join cgroup", "stdio", "chdir", "exec"];
+
+/// A program for [`spawn_in_cgroup`]: everything the child needs, made
 /// before the fork, because the child may not allocate.
 pub struct Program {
     exe: std::ffi::CString,
@@ -291,21 +297,36 @@ impl Program {
     }
 }
 
-/// Starts `program` as a child of this process *born in* the cgroup v2
-/// directory `cgroup` (`clone3` with `CLONE_INTO_CGROUP`), with `stdio` as
-/// its fds 0–2 and `control` as [`CONTROL_FD`]. A process moved into a
-/// cgroup by writing `cgroup.procs` waits for an RCU grace period on the
-/// kernel's global threadgroup lock (10–25 ms on a small VM); one born there
-/// does not. Returns the child's pid once it has exec'd.
-pub fn spawn_into_cgroup(
+/// How a child of [`spawn_in_cgroup`] gets into its cgroup without anyone
+/// writing its pid to `cgroup.procs`. That write takes the kernel's global
+/// threadgroup lock for writing, which waits for an RCU grace period
+/// (5–25 ms on a small VM) while holding `cgroup_mutex`, so every cgroup
+/// operation on the node waits behind it.
+#[derive(Clone, Copy)]
+pub enum Placement<'a> {
+    /// cgroup v2: the cgroup's directory. The child is born in it (`clone3`
+    /// with `CLONE_INTO_CGROUP`, Linux 5.7).
+    Born(&'a File),
+    /// cgroup v1: the cgroup's `tasks` file in each hierarchy, open for
+    /// writing. The child, still single-threaded, writes `0` (itself) to
+    /// each before it execs. Moving the calling thread alone is the one
+    /// migration the kernel does without the global lock.
+    MovesItself(&'a [File]),
+}
+
+/// Starts `program` as a child of this process, placed in its cgroup before
+/// it execs (see [`Placement`]), with `stdio` as its fds 0–2 and `control` as
+/// [`CONTROL_FD`]. Returns the child's pid once it has exec'd.
+pub fn spawn_in_cgroup(
     program: &Program,
     stdio: [&File; 3],
     control: &UnixStream,
-    cgroup: &File,
+    placement: Placement<'_>,
 ) -> Result<i32, BirthError> {
-    let exec_err = |source, pid| BirthError::Exec {
+    let exec_err = |step, source, pid| BirthError::Exec {
         exe: program.exe.to_string_lossy().into_owned(),
         pid,
+        step,
         source,
     };
     // Everything the child touches is laid out now.
@@ -322,19 +343,25 @@ pub fn spawn_into_cgroup(
         stdio[2].as_raw_fd(),
         control.as_raw_fd(),
     ];
+    let tasks: Vec<RawFd> = match placement {
+        Placement::Born(_) => Vec::new(),
+        Placement::MovesItself(files) => files.iter().map(AsRawFd::as_raw_fd).collect(),
+    };
     let (err_read, err_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| exec_err(e.into(), None))?;
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| exec_err("clone", e.into(), None))?;
     // SAFETY: clone_args is plain data; all-zero is its documented default.
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
-    args.flags = CLONE_INTO_CGROUP;
     args.exit_signal = libc::SIGCHLD as u64;
-    args.cgroup = cgroup.as_raw_fd() as u64;
+    if let Placement::Born(dir) = placement {
+        args.flags = CLONE_INTO_CGROUP;
+        args.cgroup = dir.as_raw_fd() as u64;
+    }
     // SAFETY: clone3 without CLONE_VM forks this process: the child gets a
     // copy of the address space and only this thread. In the child, the code
-    // below calls only async-signal-safe syscalls (fcntl, dup2, sigprocmask,
-    // signal, chdir, execve, write, _exit) on data prepared above, never the
-    // allocator or a lock another thread may have held, and leaves by
-    // execve or _exit. The parent only reads the result.
+    // below calls only async-signal-safe syscalls (write, fcntl, dup2,
+    // sigprocmask, signal, chdir, execve, _exit) on data prepared above,
+    // never the allocator or a lock another thread may have held, and leaves
+    // by execve or _exit. The parent only reads the result.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -350,6 +377,7 @@ pub fn spawn_into_cgroup(
                 &argv,
                 &envp,
                 &program.cwd,
+                &tasks,
                 sources,
                 err_write.as_raw_fd(),
             )
@@ -364,44 +392,53 @@ pub fn spawn_into_cgroup(
             Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EBADF | libc::EOPNOTSUPP) => {
                 BirthError::Unsupported(e)
             }
-            _ => exec_err(e, None),
+            _ => exec_err("clone", e, None),
         });
     }
     drop(err_write);
-    let pid = i32::try_from(pid).map_err(|_| exec_err(std::io::Error::other("pid range"), None))?;
+    let pid = i32::try_from(pid)
+        .map_err(|_| exec_err("clone", std::io::Error::other("pid range"), None))?;
     // The write end closes at exec: nothing to read means the exec worked.
-    let mut errno = [0u8; 4];
+    // A failing child writes the step's index and errno, 4 bytes each.
+    let mut report = [0u8; 8];
     let mut got = 0;
     let mut reader = File::from(err_read);
     loop {
         use std::io::Read;
-        match reader.read(&mut errno[got..]) {
+        match reader.read(&mut report[got..]) {
             Ok(0) => break,
             Ok(n) => {
                 got += n;
-                if got == errno.len() {
+                if got == report.len() {
                     break;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(exec_err(e, Some(pid))),
+            Err(e) => return Err(exec_err("exec", e, Some(pid))),
         }
     }
-    match got {
-        0 => Ok(pid),
-        // The child has exited (127); the shim's reaper collects it.
-        4 => Err(exec_err(
-            std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno)),
-            Some(pid),
-        )),
-        _ => Err(exec_err(
-            std::io::Error::other("short error report from the child"),
-            Some(pid),
-        )),
+    if got == 0 {
+        return Ok(pid);
     }
+    // The child has exited (127); the shim's reaper collects it.
+    if got != report.len() {
+        let e = std::io::Error::other("short error report from the child");
+        return Err(exec_err("exec", e, Some(pid)));
+    }
+    let [s0, s1, s2, s3, e0, e1, e2, e3] = report;
+    let step = CHILD_STEPS
+        .get(u32::from_ne_bytes([s0, s1, s2, s3]) as usize)
+        .copied()
+        .unwrap_or("exec");
+    let errno = i32::from_ne_bytes([e0, e1, e2, e3]);
+    Err(exec_err(
+        step,
+        std::io::Error::from_raw_os_error(errno),
+        Some(pid),
+    ))
 }
 
-/// The child side of [`spawn_into_cgroup`]: only async-signal-safe calls.
+/// The child side of [`spawn_in_cgroup`]: only async-signal-safe calls.
 ///
 /// # Safety
 /// Must be called only in the child of a fork, with pointers into memory
@@ -411,39 +448,50 @@ unsafe fn child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char; 1],
     cwd: &std::ffi::CStr,
+    tasks: &[RawFd],
     sources: [RawFd; 4],
     err: RawFd,
 ) -> ! {
-    unsafe fn fail(err: RawFd) -> ! {
+    /// Reports `step` (an index into [`CHILD_STEPS`]) and errno, and exits.
+    unsafe fn fail(err: RawFd, step: u32) -> ! {
         // SAFETY: errno is this thread's; write and _exit are
         // async-signal-safe.
         unsafe {
             let errno = *libc::__errno_location();
-            let bytes = errno.to_ne_bytes();
-            libc::write(err, bytes.as_ptr().cast(), bytes.len());
+            let mut report = [0u8; 8];
+            report[..4].copy_from_slice(&step.to_ne_bytes());
+            report[4..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(err, report.as_ptr().cast(), report.len());
             libc::_exit(127)
         }
     }
     // SAFETY: the caller's contract; each call below is async-signal-safe.
     unsafe {
+        // Into the cgroup first, so that all the child does from here on is
+        // charged to it. This process has one thread: moving it moves all.
+        for fd in tasks {
+            if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(err, 0);
+            }
+        }
         // Move everything above the target numbers first, so no dup2 below
         // overwrites a source (or the error pipe) still to be used.
         let moved_err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, 16);
         if moved_err < 0 {
-            fail(err);
+            fail(err, 1);
         }
         let err = moved_err;
         let mut moved = [0; 4];
         for (i, fd) in sources.iter().enumerate() {
             moved[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 16);
             if moved[i] < 0 {
-                fail(err);
+                fail(err, 1);
             }
         }
         // dup2 clears close-on-exec on the copy.
         for (target, fd) in moved.iter().enumerate() {
             if libc::dup2(*fd, target as RawFd) < 0 {
-                fail(err);
+                fail(err, 1);
             }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -452,10 +500,10 @@ unsafe fn child(
         // Rust ignores SIGPIPE; a new program starts with the default.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         if libc::chdir(cwd.as_ptr()) < 0 {
-            fail(err);
+            fail(err, 2);
         }
         libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        fail(err)
+        fail(err, 3)
     }
 }
 
@@ -500,7 +548,8 @@ mod tests {
             "cat /proc/self/cgroup; pwd; wc -c < /proc/$$/environ; readlink /proc/self/fd/3";
         let program = Program::new(Path::new("/bin/sh"), &["-c", script], cwd.path()).unwrap();
         let cg = File::open(&dir).unwrap();
-        let pid = spawn_into_cgroup(&program, [&null, &out, &out], &theirs, &cg).unwrap();
+        let pid =
+            spawn_in_cgroup(&program, [&null, &out, &out], &theirs, Placement::Born(&cg)).unwrap();
         drop(out);
         let mut text = String::new();
         File::from(read).read_to_string(&mut text).unwrap();
@@ -534,7 +583,8 @@ mod tests {
         // not a cgroup: the kernel refuses, and the caller moves the process
         let program = Program::new(Path::new("/bin/true"), &[], cwd.path()).unwrap();
         let not_cgroup = File::open(cwd.path()).unwrap();
-        match spawn_into_cgroup(&program, [&null, &null, &null], &theirs, &not_cgroup) {
+        let not_cgroup = Placement::Born(&not_cgroup);
+        match spawn_in_cgroup(&program, [&null, &null, &null], &theirs, not_cgroup) {
             Err(BirthError::Unsupported(_)) => {}
             other => panic!("expected Unsupported, got {other:?}"),
         }
@@ -544,7 +594,12 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let cg = File::open(&dir).unwrap();
         let missing = Program::new(Path::new("/nonexistent/runner"), &[], cwd.path()).unwrap();
-        let result = spawn_into_cgroup(&missing, [&null, &null, &null], &theirs, &cg);
+        let result = spawn_in_cgroup(
+            &missing,
+            [&null, &null, &null],
+            &theirs,
+            Placement::Born(&cg),
+        );
         // reap the child that failed to exec before removing its cgroup
         let _ = nix::sys::wait::wait();
         std::fs::remove_dir(&dir).unwrap();
@@ -552,11 +607,105 @@ mod tests {
             Err(BirthError::Exec {
                 source,
                 pid: Some(_),
+                step,
                 ..
             }) => {
+                assert_eq!(step, "exec");
                 assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{source}")
             }
             other => panic!("expected an exec error, got {other:?}"),
+        }
+    }
+
+    /// A cgroup v1 hierarchy of this machine mounted for `controller`, when
+    /// running as root.
+    fn cgroup1_mount(controller: &str) -> Option<std::path::PathBuf> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return None;
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+        mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[2] == "cgroup" && f[3].split(',').any(|o| o == controller))
+            .map(|f| std::path::PathBuf::from(f[1]))
+    }
+
+    #[test]
+    fn a_cgroup_v1_child_moves_itself_before_it_execs() {
+        let (Some(pids), Some(freezer)) = (cgroup1_mount("pids"), cgroup1_mount("freezer")) else {
+            eprintln!("skipped: no cgroup v1 pids and freezer hierarchies, or not root");
+            return;
+        };
+        let name = format!("wasmpod-v1-birth-test-{}", std::process::id());
+        let dirs = [pids.join(&name), freezer.join(&name)];
+        let tasks: Vec<File> = dirs
+            .iter()
+            .map(|d| {
+                std::fs::create_dir(d).unwrap();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(d.join("tasks"))
+                    .unwrap()
+            })
+            .collect();
+        let cwd = tempfile::tempdir().unwrap();
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let out = File::from(write);
+        let null = File::open("/dev/null").unwrap();
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let program =
+            Program::new(Path::new("/bin/cat"), &["/proc/self/cgroup"], cwd.path()).unwrap();
+        let placement = Placement::MovesItself(&tasks);
+        let pid = spawn_in_cgroup(&program, [&null, &out, &out], &theirs, placement).unwrap();
+        drop(out);
+        let mut text = String::new();
+        File::from(read).read_to_string(&mut text).unwrap();
+        assert_eq!(
+            wait(pid),
+            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0)
+        );
+        for d in &dirs {
+            std::fs::remove_dir(d).unwrap();
+        }
+        for controller in ["pids", "freezer"] {
+            assert!(
+                text.lines()
+                    .any(|l| l.ends_with(&format!(":{controller}:/{name}"))),
+                "not in {controller}:/{name}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cgroup_v1_child_that_cannot_join_reports_it() {
+        let Some(cpuset) = cgroup1_mount("cpuset") else {
+            eprintln!("skipped: no cgroup v1 cpuset hierarchy, or not root");
+            return;
+        };
+        // a new cpuset has no CPUs: the kernel refuses to move a task there
+        let dir = cpuset.join(format!("wasmpod-v1-refused-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let tasks = [std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("tasks"))
+            .unwrap()];
+        let cwd = tempfile::tempdir().unwrap();
+        let null = File::open("/dev/null").unwrap();
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let program = Program::new(Path::new("/bin/true"), &[], cwd.path()).unwrap();
+        let placement = Placement::MovesItself(&tasks);
+        let result = spawn_in_cgroup(&program, [&null, &null, &null], &theirs, placement);
+        let _ = nix::sys::wait::wait();
+        std::fs::remove_dir(&dir).unwrap();
+        match result {
+            Err(BirthError::Exec {
+                step: "join cgroup",
+                source,
+                pid: Some(_),
+                ..
+            }) => assert_eq!(source.raw_os_error(), Some(libc::ENOSPC), "{source}"),
+            other => panic!("expected a join cgroup error, got {other:?}"),
         }
     }
 }

@@ -96,8 +96,23 @@ fn cgroup_placement_limits_stats_and_removal() -> Result<()> {
             procs.lines().any(|p| p == pid.to_string()),
             "pid {pid} not in {mem}: {procs}"
         );
+        // in the container's cgroup of every hierarchy containerd's runc
+        // shim would use, the unified one of a hybrid layout aside
         let own = read(&format!("/proc/{pid}/cgroup"))?;
+        for line in own.lines().filter(|l| !l.starts_with("0::")) {
+            ensure!(line.ends_with(&format!(":/{ns}/{id}")), "{line} in {own}");
+        }
         ensure!(own.contains(&format!("memory:/{ns}/{id}")), "{own}");
+        // it got there by itself before it exec'd, not by being moved
+        let log = std::fs::read_to_string(cd.log_path())?;
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("container {id}: runner pid")))
+            .context("no 'loaded' line")?;
+        ensure!(
+            line.contains("runner exec into cgroup") && !line.contains("join cgroup"),
+            "not in its cgroup before exec: {line}"
+        );
 
         // Stats report what the guest allocated (40 MiB touched).
         let deadline = Instant::now() + Duration::from_secs(20);
