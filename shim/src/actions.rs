@@ -9,6 +9,10 @@
 //! 2) cannot parse. wasmpod serves task API v2, which every containerd from
 //! 1.6 on speaks, so it answers here: a bare address for the legacy protocol,
 //! a `BootstrapResult` with version 2 for containerd 2.3+'s bootstrap protocol.
+//!
+//! All three are plain blocking code without an async runtime: containerd
+//! waits for `start` when creating a task and for `delete` after every shim
+//! exits, so their start-up is part of each container's start and removal.
 
 use std::io::{IsTerminal, Read, Write};
 
@@ -37,7 +41,7 @@ const TASK_API_VERSION: i32 = 2;
 const MAX_INPUT: u64 = 10 << 20;
 
 /// Runs the `start` action and writes the reply to stdout.
-pub async fn start_action(flags: &Flags) -> anyhow::Result<()> {
+pub fn start_action(flags: &Flags) -> anyhow::Result<()> {
     let mut input = Vec::new();
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
@@ -50,7 +54,7 @@ pub async fn start_action(flags: &Flags) -> anyhow::Result<()> {
         Some(params) => StartOpts::from(params.clone()),
         None => legacy_opts(flags, &input),
     };
-    let address = start(opts).await?;
+    let address = start(opts)?;
     let reply = match bootstrap {
         Some(_) => BootstrapResult {
             version: TASK_API_VERSION,
@@ -94,26 +98,66 @@ fn legacy_opts(flags: &Flags, input: &[u8]) -> StartOpts {
 /// Spawns (or finds) the shim serving this container's group and returns its
 /// address. Containers of one Kubernetes pod share a group, so one shim
 /// process serves the whole pod.
-pub async fn start(opts: StartOpts) -> containerd_shim::Result<String> {
-    let grouping = containerd_shim::asynchronous::util::read_spec(".")
-        .await
+pub fn start(opts: StartOpts) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let grouping = std::fs::read("config.json")
         .ok()
-        .and_then(|spec| {
-            spec.annotations()
-                .as_ref()
-                .and_then(|a| a.get(SANDBOX_ID_ANNOTATION).cloned())
-        })
+        .and_then(|bytes| serde_json::from_slice::<Annotations>(&bytes).ok())
+        .and_then(|spec| spec.annotations.get(SANDBOX_ID_ANNOTATION).cloned())
         .unwrap_or_else(|| opts.id.clone());
-    let address = containerd_shim::asynchronous::spawn(opts, &grouping, Vec::new()).await?;
-    containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
+    let address = opts.socket_address(&grouping);
+    let exe = std::env::current_exe().context("locate the shim binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .args(["-namespace", &opts.namespace, "-id", &opts.id])
+        .args(["-address", &opts.address, "-socket", &address]);
+    // containerd 2.3+ passes its TTRPC address in the bootstrap message
+    // rather than the environment.
+    if !opts.ttrpc_address.is_empty() {
+        cmd.env("TTRPC_ADDRESS", &opts.ttrpc_address);
+    }
+    if opts.debug {
+        cmd.arg("-debug");
+    }
+    let mut child = cmd.spawn().context("spawn the shim server")?;
+    // The runtime options' `ShimCgroup`, and an OOM score above containerd's.
+    let shim_cgroup = opts
+        .extension::<containerd_shim::protos::shim::oci::Options>()
+        .map(|o| o.map(|o| o.shim_cgroup).unwrap_or_default());
+    let confined = shim_cgroup
+        .and_then(|cg| containerd_shim::cgroup::set_cgroup_and_oom_score(child.id(), &cg));
+    if let Err(e) = confined {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e).context("place the shim server");
+    }
+    // The server closes its stdout once it listens (or once it found the
+    // group's server already listening); until then, copy what it says.
+    if let Some(mut out) = child.stdout.take() {
+        std::io::copy(&mut out, &mut std::io::stderr()).context("wait for the shim server")?;
+    }
+    // Written whole or not at all: `delete` reads it after a crash.
+    let tmp = format!("address.{}", std::process::id());
+    std::fs::write(&tmp, &address)
+        .and_then(|()| std::fs::rename(&tmp, "address"))
+        .context("write the bundle's address file")?;
     Ok(address)
+}
+
+/// The part of an OCI spec `start` reads.
+#[derive(serde::Deserialize)]
+struct Annotations {
+    #[serde(default)]
+    annotations: std::collections::HashMap<String, String>,
 }
 
 /// The `delete` action: the shim that served this bundle is gone (crashed or
 /// killed), so clean up from what is on disk alone: kill the runner recorded
 /// in the bundle (after checking the pid still is that runner) and unmount
 /// the rootfs. Writes the `DeleteResponse` to stdout.
-pub async fn delete_action(flags: &Flags) -> anyhow::Result<()> {
+pub fn delete_action(flags: &Flags) -> anyhow::Result<()> {
     let bundle = if flags.bundle.is_empty() {
         std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
     } else {
@@ -121,13 +165,13 @@ pub async fn delete_action(flags: &Flags) -> anyhow::Result<()> {
     };
     let mut pid = 0;
     let mut runner = false;
-    if let Ok(text) = tokio::fs::read_to_string(bundle.join(PID_FILE)).await {
+    if let Ok(text) = std::fs::read_to_string(bundle.join(PID_FILE)) {
         if let Ok(p) = text.trim().parse::<i32>() {
             pid = p;
             if crate::is_runner(p, &flags.id) {
                 runner = true;
                 let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
-                wait_gone(p).await;
+                wait_gone(p);
             }
         }
     }
@@ -138,11 +182,7 @@ pub async fn delete_action(flags: &Flags) -> anyhow::Result<()> {
             .and_then(|spec| wasmpod_oci::plan::RunPlan::from_spec(&spec, &bundle).ok())
             .and_then(|plan| plan.cgroup);
         if let Some(path) = cgroup {
-            let id = flags.id.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                crate::cgroup::ContainerCgroup::adopt(&id, &path).map(|cg| cg.remove())
-            })
-            .await;
+            let _ = crate::cgroup::ContainerCgroup::adopt(&flags.id, &path).map(|cg| cg.remove());
         }
     }
     // A pod's Linux container: let runc kill it and remove its state.
@@ -160,15 +200,15 @@ pub async fn delete_action(flags: &Flags) -> anyhow::Result<()> {
         }
     }
     let target = bundle.join(rootfs::ROOTFS_DIR);
-    if let Err(e) = rootfs::unmount(&flags.id, &target).await {
+    if let Err(e) = rootfs::unmount_blocking(&flags.id, &target) {
         warn!("{e}");
     }
-    let _ = tokio::fs::remove_file(bundle.join(PID_FILE)).await;
+    let _ = std::fs::remove_file(bundle.join(PID_FILE));
     // The dead server's socket, unless another server of the group lives on it.
-    if let Ok(address) = tokio::fs::read_to_string(bundle.join("address")).await {
-        let path = address.trim().trim_start_matches("unix://").to_owned();
-        if tokio::net::UnixStream::connect(&path).await.is_err() {
-            let _ = tokio::fs::remove_file(&path).await;
+    if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+        let path = address.trim().trim_start_matches("unix://");
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
         }
     }
     let resp = DeleteResponse {
@@ -184,7 +224,7 @@ pub async fn delete_action(flags: &Flags) -> anyhow::Result<()> {
 }
 
 /// Waits (up to a second) until `pid` has exited.
-async fn wait_gone(pid: i32) {
+fn wait_gone(pid: i32) {
     for _ in 0..100 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // gone, or a zombie waiting for its new parent to reap it
@@ -196,7 +236,7 @@ async fn wait_gone(pid: i32) {
         {
             return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

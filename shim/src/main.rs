@@ -19,29 +19,17 @@ fn main() {
         println!("{RUNTIME_ID} {}", env!("CARGO_PKG_VERSION"));
         return;
     }
-    // One thread serves the whole pod: ttrpc requests are short, and the
-    // shim's memory is paid once per pod.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{RUNTIME_ID}: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    let result = runtime.block_on(async {
-        if flags.info {
-            return actions::info_action();
-        }
+    // The one-shot actions run without an async runtime (see `actions`).
+    let result = if flags.info {
+        actions::info_action()
+    } else {
         match flags.action.as_str() {
-            "start" => actions::start_action(&flags).await,
-            "delete" => actions::delete_action(&flags).await,
-            "" => serve::serve(&flags).await,
+            "start" => actions::start_action(&flags),
+            "delete" => actions::delete_action(&flags),
+            "" => serve(&flags),
             other => Err(anyhow::anyhow!("unknown action {other:?}")),
         }
-    });
+    };
     if let Err(e) = result {
         eprintln!(
             "{RUNTIME_ID}: {}: {e:#}",
@@ -53,4 +41,14 @@ fn main() {
         );
         std::process::exit(1);
     }
+}
+
+/// The shim server. One thread serves the whole pod: ttrpc requests are
+/// short, and the shim's memory is paid once per pod.
+fn serve(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
+        .block_on(serve::serve(flags))
 }

@@ -43,19 +43,22 @@ pub async fn mount(id: &str, bundle: &Path, mounts: &[Mount]) -> Result<Option<P
 /// Unmounts everything at or below `target` (deepest first, lazily so a
 /// straggling reader cannot keep it busy).
 pub async fn unmount(id: &str, target: &Path) -> Result<()> {
-    let path = target.to_string_lossy().into_owned();
-    tokio::task::spawn_blocking(move || {
-        containerd_shim::mount::umount_recursive(Some(&path), libc::MNT_DETACH)
-    })
-    .await
-    .map_err(|e| Error::Rootfs {
-        id: id.to_owned(),
-        path: target.to_owned(),
-        message: format!("unmount task: {e}"),
-    })?
-    .map_err(|e| Error::Rootfs {
-        id: id.to_owned(),
-        path: target.to_owned(),
-        message: format!("unmount: {e}"),
-    })
+    let (owned_id, owned_target) = (id.to_owned(), target.to_owned());
+    tokio::task::spawn_blocking(move || unmount_blocking(&owned_id, &owned_target))
+        .await
+        .map_err(|e| Error::Rootfs {
+            id: id.to_owned(),
+            path: target.to_owned(),
+            message: format!("unmount task: {e}"),
+        })?
+}
+
+/// [`unmount`] on the calling thread.
+pub fn unmount_blocking(id: &str, target: &Path) -> Result<()> {
+    containerd_shim::mount::umount_recursive(Some(&target.to_string_lossy()), libc::MNT_DETACH)
+        .map_err(|e| Error::Rootfs {
+            id: id.to_owned(),
+            path: target.to_owned(),
+            message: format!("unmount: {e}"),
+        })
 }

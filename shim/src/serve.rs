@@ -48,6 +48,9 @@ pub async fn serve(flags: &Flags) -> anyhow::Result<()> {
         sys::signal_server_started();
         return Ok(());
     };
+    // Listening: `start` may hand the address to containerd now. Its first
+    // request waits in the socket's backlog while the rest is set up.
+    sys::signal_server_started();
 
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
     let publisher = RemotePublisher::new(&ttrpc_address)
@@ -72,7 +75,6 @@ pub async fn serve(flags: &Flags) -> anyhow::Result<()> {
         .add_listener(listener)
         .register_service(services);
     server.start().await.context("start ttrpc server")?;
-    sys::signal_server_started();
     info!("serving {} on {path}", flags.id);
 
     shutdown.wait().await;
