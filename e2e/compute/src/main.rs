@@ -27,16 +27,20 @@ fn mix(rounds: u32) -> u64 {
     h
 }
 
+/// Counts the primes up to `limit`. The multiples are walked in `u64`:
+/// `n * n` overflows a 32-bit `usize` (wasm32) above 65535, and a wrapped
+/// product would mark wrong entries and do different work than natively.
 fn sieve(limit: usize) -> u64 {
     let mut composite = vec![false; limit + 1];
     let mut count = 0u64;
     for n in 2..=limit {
         if !composite[n] {
             count += 1;
-            let mut m = n * n;
-            while m <= limit {
-                composite[m] = true;
-                m += n;
+            let step = n as u64;
+            let mut m = step * step;
+            while m <= limit as u64 {
+                composite[m as usize] = true;
+                m += step;
             }
         }
     }

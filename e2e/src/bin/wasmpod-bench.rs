@@ -14,7 +14,9 @@
 //!
 //! B4 compute: the same CPU-bound program (`e2e/compute`) built for
 //! wasm32-wasip1 and natively, timed inside the program, under wasmpod and
-//! under runc.
+//! under runc, and the same module run by the wasmtime library with its
+//! default configuration in one plain process (`wasmpod-bare-run`, built
+//! beside the shim): the baseline that shows what wasmpod itself adds.
 //!
 //! B5 HTTP: a `wasi:http` hello handler served by wasmpod (`ctr run
 //! --net-host`) under `wrk -t2 -c16 -d10s` on loopback: requests per second
@@ -136,7 +138,7 @@ fn main() -> Result<()> {
         results.insert("b3".into(), throughput(&cd)?);
     }
     if wanted("b4") {
-        results.insert("b4".into(), compute(&cd)?);
+        results.insert("b4".into(), compute(&cd, &compute_wasm)?);
     }
     if wanted("b5") {
         results.insert("b5".into(), http(&cd)?);
@@ -330,14 +332,43 @@ fn compute_ms(out: &str) -> Result<(f64, String)> {
         .next()
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("bad compute_ms in {line:?}"))?;
-    let sum = line.split_whitespace().next().unwrap_or("").to_owned();
+    // everything the program computed (checksum and prime count)
+    let sum = line
+        .split("compute_ms=")
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
     Ok((ms, sum))
 }
 
-/// B4: the same CPU-bound program under wasmpod and natively under runc.
-fn compute(cd: &Containerd) -> Result<serde_json::Value> {
-    const ROUNDS: usize = 5;
-    let (mut wasm, mut native) = (Vec::new(), Vec::new());
+/// The compute module run by `wasmpod-bare-run` (the wasmtime library,
+/// `Config::new()`, one process: no containerd, shim or runner). Returns its
+/// `compute_ms` figure and checksum.
+fn compute_bare(wasm: &std::path::Path) -> Result<(f64, String)> {
+    let exe = std::env::current_exe()?.with_file_name("wasmpod-bare-run");
+    let out = std::process::Command::new(&exe)
+        .arg(wasm)
+        .arg(COMPUTE_ROUNDS)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("run {} (make build builds it)", exe.display()))?;
+    ensure!(
+        out.status.success(),
+        "{}: {:?} {}",
+        exe.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    compute_ms(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// B4: the same CPU-bound program under wasmpod, natively under runc, and
+/// as the same module run by the wasmtime library in a plain process.
+fn compute(cd: &Containerd, wasm: &std::path::Path) -> Result<serde_json::Value> {
+    // the three vary by ±8 % from run to run on a small VM
+    const ROUNDS: usize = 9;
+    let (mut wasmpod, mut native, mut bare) = (Vec::new(), Vec::new(), Vec::new());
     let mut sums = std::collections::BTreeSet::new();
     for round in 0..ROUNDS + 1 {
         let id = format!("b4-wasm-{round}");
@@ -356,12 +387,13 @@ fn compute(cd: &Containerd) -> Result<serde_json::Value> {
             &["/compute", COMPUTE_ROUNDS],
         ))?;
         let (n, s2) = compute_ms(&out)?;
-        sums.insert(s1);
-        sums.insert(s2);
+        let (b, s3) = compute_bare(wasm)?;
+        sums.extend([s1, s2, s3]);
         // the first round compiles the module: not recorded
         if round > 0 {
-            wasm.push(w);
+            wasmpod.push(w);
             native.push(n);
+            bare.push(b);
         }
     }
     ensure!(
@@ -372,14 +404,31 @@ fn compute(cd: &Containerd) -> Result<serde_json::Value> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (w, n) = (median(&mut wasm), median(&mut native));
+    let (w, n, b) = (median(&mut wasmpod), median(&mut native), median(&mut bare));
     println!("\n## B4 compute: the same program, timed inside it (median of {ROUNDS})\n");
-    println!("| runtime | compute ms |");
-    println!("|---|---:|");
-    println!("| wasmpod (wasm32-wasip1, Cranelift) | {w:.1} |");
-    println!("| runc (native x86-64, static) | {n:.1} |");
-    println!("\nwasmpod / native: {:.2}×", w / n);
-    Ok(serde_json::json!({"wasmpod_ms": w, "native_ms": n, "ratio": w / n}))
+    println!("| runtime | compute ms | / native |");
+    println!("|---|---:|---:|");
+    println!(
+        "| wasmpod (wasm32-wasip1, Cranelift) | {w:.1} | {:.2}× |",
+        w / n
+    );
+    println!(
+        "| wasmtime library, default config, plain process (`wasmpod-bare-run`) | {b:.1} | {:.2}× |",
+        b / n
+    );
+    println!("| runc (native x86-64, static) | {n:.1} | 1.00× |");
+    println!(
+        "\nwasmpod / native: {:.2}×; wasmpod / bare wasmtime: {:.2}×",
+        w / n,
+        w / b
+    );
+    Ok(serde_json::json!({
+        "wasmpod_ms": w,
+        "native_ms": n,
+        "bare_wasmtime_ms": b,
+        "ratio": w / n,
+        "ratio_to_bare_wasmtime": w / b,
+    }))
 }
 
 fn mem_available_kib() -> Result<u64> {
