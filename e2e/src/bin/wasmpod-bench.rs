@@ -85,7 +85,9 @@ fn main() -> Result<()> {
     let rounds: usize = std::env::var("WASMPOD_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        // Wall times fall on ~50 ms steps of containerd/ctr: 40 rounds keep
+        // the medians from flipping between them.
+        .unwrap_or(40);
     let cd = Containerd::start(ContainerdOptions::default())?;
     let hello = guest("wasm32-wasip1", "hello")?;
     let probe = guest("wasm32-wasip1", "probe")?;
