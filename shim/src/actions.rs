@@ -103,7 +103,7 @@ pub fn start(opts: StartOpts) -> anyhow::Result<String> {
     let grouping = std::fs::read("config.json")
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Annotations>(&bytes).ok())
-        .and_then(|spec| spec.annotations.get(SANDBOX_ID_ANNOTATION).cloned())
+        .and_then(|spec| spec.annotations?.get(SANDBOX_ID_ANNOTATION).cloned())
         .unwrap_or_else(|| opts.id.clone());
     let address = opts.socket_address(&grouping);
     let exe = std::env::current_exe().context("locate the shim binary")?;
@@ -135,22 +135,33 @@ pub fn start(opts: StartOpts) -> anyhow::Result<String> {
     }
     // The server closes its stdout once it listens (or once it found the
     // group's server already listening); until then, copy what it says.
-    if let Some(mut out) = child.stdout.take() {
-        std::io::copy(&mut out, &mut std::io::stderr()).context("wait for the shim server")?;
-    }
+    let waited = match child.stdout.take() {
+        Some(mut out) => std::io::copy(&mut out, &mut std::io::stderr())
+            .map(drop)
+            .context("wait for the shim server"),
+        None => Ok(()),
+    };
     // Written whole or not at all: `delete` reads it after a crash.
     let tmp = format!("address.{}", std::process::id());
-    std::fs::write(&tmp, &address)
-        .and_then(|()| std::fs::rename(&tmp, "address"))
-        .context("write the bundle's address file")?;
+    let written = waited.and_then(|()| {
+        std::fs::write(&tmp, &address)
+            .and_then(|()| std::fs::rename(&tmp, "address"))
+            .context("write the bundle's address file")
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
     Ok(address)
 }
 
 /// The part of an OCI spec `start` reads.
 #[derive(serde::Deserialize)]
 struct Annotations {
-    #[serde(default)]
-    annotations: std::collections::HashMap<String, String>,
+    /// Absent or `null` when the spec has none.
+    annotations: Option<std::collections::HashMap<String, String>>,
 }
 
 /// The `delete` action: the shim that served this bundle is gone (crashed or

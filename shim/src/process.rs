@@ -190,7 +190,7 @@ impl Runner {
                             drop(exits.watch(pid));
                             exits.forget(pid);
                         }
-                        if step == "join cgroup" {
+                        if step == sys::Step::JoinCgroup {
                             return Err(Error::Cgroup {
                                 id: id.to_owned(),
                                 path: cgroup.map(|c| c.path().to_owned()).unwrap_or_default(),

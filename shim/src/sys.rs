@@ -259,16 +259,44 @@ pub enum BirthError {
     Exec {
         exe: String,
         pid: Option<i32>,
-        /// What the child was doing: `clone`, `join cgroup`, `stdio`,
-        /// `chdir` or `exec`.
-        step: &'static str,
+        /// What failed.
+        step: Step,
         #[source]
         source: std::io::Error,
     },
 }
 
-/// The steps the child of [`spawn_in_cgroup`] reports a failure of, by index.
-const CHILD_STEPS: [&str; 4] = ["join cgroup", "stdio", "chdir", "exec"];
+/// The step of [`spawn_in_cgroup`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Creating the child (or reading its report).
+    Clone,
+    /// The child moving itself into its cgroup (v1).
+    JoinCgroup,
+    /// The child setting up fds 0–3.
+    Stdio,
+    /// The child changing to its working directory.
+    Chdir,
+    /// The exec itself.
+    Exec,
+}
+
+impl Step {
+    /// The steps the child reports, by index.
+    const CHILD: [Step; 4] = [Step::JoinCgroup, Step::Stdio, Step::Chdir, Step::Exec];
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Clone => "clone",
+            Step::JoinCgroup => "join cgroup",
+            Step::Stdio => "stdio",
+            Step::Chdir => "chdir",
+            Step::Exec => "exec",
+        })
+    }
+}
 
 /// A program for [`spawn_in_cgroup`]: everything the child needs, made
 /// before the fork, because the child may not allocate.
@@ -309,8 +337,9 @@ pub enum Placement<'a> {
     Born(&'a File),
     /// cgroup v1: the cgroup's `tasks` file in each hierarchy, open for
     /// writing. The child, still single-threaded, writes `0` (itself) to
-    /// each before it execs. Moving the calling thread alone is the one
-    /// migration the kernel does without the global lock.
+    /// each before it execs. Recent kernels (6.x here) move the calling
+    /// thread alone without the global lock; older ones take it, and the
+    /// move is then as slow as a `cgroup.procs` write, never wrong.
     MovesItself(&'a [File]),
 }
 
@@ -348,7 +377,7 @@ pub fn spawn_in_cgroup(
         Placement::MovesItself(files) => files.iter().map(AsRawFd::as_raw_fd).collect(),
     };
     let (err_read, err_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| exec_err("clone", e.into(), None))?;
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| exec_err(Step::Clone, e.into(), None))?;
     // SAFETY: clone_args is plain data; all-zero is its documented default.
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
     args.exit_signal = libc::SIGCHLD as u64;
@@ -389,15 +418,22 @@ pub fn spawn_in_cgroup(
         // full pids.max (EAGAIN) or a dead PID namespace (ENOMEM) must fail,
         // not be worked around by a move that ignores the limit.
         return Err(match e.raw_os_error() {
-            Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EBADF | libc::EOPNOTSUPP) => {
-                BirthError::Unsupported(e)
-            }
-            _ => exec_err("clone", e, None),
+            // EPERM: a seccomp profile that refuses clone3 (containerd
+            // itself in a container); the other way reports a real denial.
+            Some(
+                libc::ENOSYS
+                | libc::E2BIG
+                | libc::EINVAL
+                | libc::EBADF
+                | libc::EOPNOTSUPP
+                | libc::EPERM,
+            ) => BirthError::Unsupported(e),
+            _ => exec_err(Step::Clone, e, None),
         });
     }
     drop(err_write);
     let pid = i32::try_from(pid)
-        .map_err(|_| exec_err("clone", std::io::Error::other("pid range"), None))?;
+        .map_err(|_| exec_err(Step::Clone, std::io::Error::other("pid range"), None))?;
     // The write end closes at exec: nothing to read means the exec worked.
     // A failing child writes the step's index and errno, 4 bytes each.
     let mut report = [0u8; 8];
@@ -414,7 +450,7 @@ pub fn spawn_in_cgroup(
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(exec_err("exec", e, Some(pid))),
+            Err(e) => return Err(exec_err(Step::Exec, e, Some(pid))),
         }
     }
     if got == 0 {
@@ -423,13 +459,13 @@ pub fn spawn_in_cgroup(
     // The child has exited (127); the shim's reaper collects it.
     if got != report.len() {
         let e = std::io::Error::other("short error report from the child");
-        return Err(exec_err("exec", e, Some(pid)));
+        return Err(exec_err(Step::Exec, e, Some(pid)));
     }
     let [s0, s1, s2, s3, e0, e1, e2, e3] = report;
-    let step = CHILD_STEPS
+    let step = Step::CHILD
         .get(u32::from_ne_bytes([s0, s1, s2, s3]) as usize)
         .copied()
-        .unwrap_or("exec");
+        .unwrap_or(Step::Exec);
     let errno = i32::from_ne_bytes([e0, e1, e2, e3]);
     Err(exec_err(
         step,
@@ -452,7 +488,7 @@ unsafe fn child(
     sources: [RawFd; 4],
     err: RawFd,
 ) -> ! {
-    /// Reports `step` (an index into [`CHILD_STEPS`]) and errno, and exits.
+    /// Reports `step` (an index into [`Step::CHILD`]) and errno, and exits.
     unsafe fn fail(err: RawFd, step: u32) -> ! {
         // SAFETY: errno is this thread's; write and _exit are
         // async-signal-safe.
@@ -470,7 +506,12 @@ unsafe fn child(
         // Into the cgroup first, so that all the child does from here on is
         // charged to it. This process has one thread: moving it moves all.
         for fd in tasks {
-            if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+            let wrote = libc::write(*fd, b"0".as_ptr().cast(), 1);
+            if wrote != 1 {
+                if wrote >= 0 {
+                    // a short write sets no errno of its own
+                    *libc::__errno_location() = libc::EIO;
+                }
                 fail(err, 0);
             }
         }
@@ -610,7 +651,7 @@ mod tests {
                 step,
                 ..
             }) => {
-                assert_eq!(step, "exec");
+                assert_eq!(step, Step::Exec);
                 assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{source}")
             }
             other => panic!("expected an exec error, got {other:?}"),
@@ -700,7 +741,7 @@ mod tests {
         std::fs::remove_dir(&dir).unwrap();
         match result {
             Err(BirthError::Exec {
-                step: "join cgroup",
+                step: Step::JoinCgroup,
                 source,
                 pid: Some(_),
                 ..
