@@ -100,11 +100,8 @@ fn legacy_opts(flags: &Flags, input: &[u8]) -> StartOpts {
 /// process serves the whole pod.
 pub fn start(opts: StartOpts) -> anyhow::Result<String> {
     use anyhow::Context;
-    let grouping = std::fs::read("config.json")
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<Annotations>(&bytes).ok())
-        .and_then(|spec| spec.annotations?.get(SANDBOX_ID_ANNOTATION).cloned())
-        .unwrap_or_else(|| opts.id.clone());
+    let spec = std::fs::read("config.json").unwrap_or_default();
+    let grouping = grouping(&spec, &opts.id);
     let address = opts.socket_address(&grouping);
     let exe = std::env::current_exe().context("locate the shim binary")?;
     let mut cmd = std::process::Command::new(exe);
@@ -155,6 +152,15 @@ pub fn start(opts: StartOpts) -> anyhow::Result<String> {
         return Err(e);
     }
     Ok(address)
+}
+
+/// The server group of a container: its pod's sandbox id (CRI's annotation
+/// in the spec `spec`), else its own id.
+fn grouping(spec: &[u8], id: &str) -> String {
+    serde_json::from_slice::<Annotations>(spec)
+        .ok()
+        .and_then(|spec| spec.annotations?.remove(SANDBOX_ID_ANNOTATION))
+        .unwrap_or_else(|| id.to_owned())
 }
 
 /// The part of an OCI spec `start` reads.
@@ -261,4 +267,30 @@ pub fn info_action() -> anyhow::Result<()> {
     stdout.write_all(&info.write_to_bytes()?)?;
     stdout.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grouping;
+
+    #[test]
+    fn containers_of_a_pod_share_its_sandbox_group() {
+        let pod = br#"{"ociVersion":"1.1.0","process":{"args":["/app.wasm"]},
+            "annotations":{"io.kubernetes.cri.sandbox-id":"sandbox1","other":"x"}}"#;
+        assert_eq!(grouping(pod, "c1"), "sandbox1");
+        for alone in [
+            &br#"{"ociVersion":"1.1.0"}"#[..],
+            br#"{"ociVersion":"1.1.0","annotations":null}"#,
+            br#"{"ociVersion":"1.1.0","annotations":{"other":"x"}}"#,
+            b"",
+            b"not json",
+        ] {
+            assert_eq!(
+                grouping(alone, "c1"),
+                "c1",
+                "{}",
+                String::from_utf8_lossy(alone)
+            );
+        }
+    }
 }
