@@ -553,9 +553,9 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    /// A cgroup v2 mount of this machine (the unified one, or the hybrid
-    /// layout's `unified`), when running as root.
-    fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    /// Where this machine mounts a cgroup filesystem of type `fstype` (with
+    /// mount option `option`, when given), when running as root.
+    fn cgroup_mount(fstype: &str, option: Option<&str>) -> Option<std::path::PathBuf> {
         if !nix::unistd::Uid::effective().is_root() {
             return None;
         }
@@ -563,8 +563,44 @@ mod tests {
         mounts
             .lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() > 2 && f[2] == "cgroup2")
+            .find(|f| {
+                f.len() > 3
+                    && f[2] == fstype
+                    && option.is_none_or(|o| f[3].split(',').any(|have| have == o))
+            })
             .map(|f| std::path::PathBuf::from(f[1]))
+    }
+
+    /// A cgroup v2 mount of this machine (the unified one, or the hybrid
+    /// layout's `unified`), when running as root.
+    fn cgroup2_mount() -> Option<std::path::PathBuf> {
+        cgroup_mount("cgroup2", None)
+    }
+
+    /// Runs `exe args` through [`spawn_in_cgroup`] in a new temporary
+    /// directory, expects exit 0, and returns what it wrote to stdout and
+    /// stderr, and the directory.
+    fn run_to_end(
+        exe: &str,
+        args: &[&str],
+        placement: Placement<'_>,
+    ) -> (String, tempfile::TempDir) {
+        let cwd = tempfile::tempdir().unwrap();
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let out = File::from(write);
+        let null = File::open("/dev/null").unwrap();
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let program = Program::new(Path::new(exe), args, cwd.path()).unwrap();
+        let pid = spawn_in_cgroup(&program, [&null, &out, &out], &theirs, placement).unwrap();
+        drop(out);
+        let mut text = String::new();
+        File::from(read).read_to_string(&mut text).unwrap();
+        assert_eq!(
+            wait(pid),
+            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0),
+            "{exe}: {text}"
+        );
+        (text, cwd)
     }
 
     fn wait(pid: i32) -> nix::sys::wait::WaitStatus {
@@ -580,24 +616,10 @@ mod tests {
         let name = format!("wasmpod-birth-test-{}", std::process::id());
         let dir = mount.join(&name);
         std::fs::create_dir(&dir).unwrap();
-        let cwd = tempfile::tempdir().unwrap();
-        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-        let out = File::from(write);
-        let null = File::open("/dev/null").unwrap();
-        let (_ours, theirs) = UnixStream::pair().unwrap();
         let script =
             "cat /proc/self/cgroup; pwd; wc -c < /proc/$$/environ; readlink /proc/self/fd/3";
-        let program = Program::new(Path::new("/bin/sh"), &["-c", script], cwd.path()).unwrap();
         let cg = File::open(&dir).unwrap();
-        let pid =
-            spawn_in_cgroup(&program, [&null, &out, &out], &theirs, Placement::Born(&cg)).unwrap();
-        drop(out);
-        let mut text = String::new();
-        File::from(read).read_to_string(&mut text).unwrap();
-        assert_eq!(
-            wait(pid),
-            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0)
-        );
+        let (text, cwd) = run_to_end("/bin/sh", &["-c", script], Placement::Born(&cg));
         std::fs::remove_dir(&dir).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(
@@ -661,15 +683,7 @@ mod tests {
     /// A cgroup v1 hierarchy of this machine mounted for `controller`, when
     /// running as root.
     fn cgroup1_mount(controller: &str) -> Option<std::path::PathBuf> {
-        if !nix::unistd::Uid::effective().is_root() {
-            return None;
-        }
-        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-        mounts
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() > 3 && f[2] == "cgroup" && f[3].split(',').any(|o| o == controller))
-            .map(|f| std::path::PathBuf::from(f[1]))
+        cgroup_mount("cgroup", Some(controller))
     }
 
     #[test]
@@ -690,22 +704,8 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        let cwd = tempfile::tempdir().unwrap();
-        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-        let out = File::from(write);
-        let null = File::open("/dev/null").unwrap();
-        let (_ours, theirs) = UnixStream::pair().unwrap();
-        let program =
-            Program::new(Path::new("/bin/cat"), &["/proc/self/cgroup"], cwd.path()).unwrap();
         let placement = Placement::MovesItself(&tasks);
-        let pid = spawn_in_cgroup(&program, [&null, &out, &out], &theirs, placement).unwrap();
-        drop(out);
-        let mut text = String::new();
-        File::from(read).read_to_string(&mut text).unwrap();
-        assert_eq!(
-            wait(pid),
-            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0)
-        );
+        let (text, _cwd) = run_to_end("/bin/cat", &["/proc/self/cgroup"], placement);
         for d in &dirs {
             std::fs::remove_dir(d).unwrap();
         }
