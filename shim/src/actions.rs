@@ -104,35 +104,50 @@ pub fn start(opts: StartOpts) -> anyhow::Result<String> {
     let grouping = grouping(&spec, &opts.id);
     let address = opts.socket_address(&grouping);
     let exe = std::env::current_exe().context("locate the shim binary")?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.stdout(std::process::Stdio::piped())
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .args(["-namespace", &opts.namespace, "-id", &opts.id])
-        .args(["-address", &opts.address, "-socket", &address]);
-    // containerd 2.3+ passes its TTRPC address in the bootstrap message
-    // rather than the environment.
-    if !opts.ttrpc_address.is_empty() {
-        cmd.env("TTRPC_ADDRESS", &opts.ttrpc_address);
+    let mut args: Vec<String> = vec![exe.to_string_lossy().into_owned()];
+    for (flag, value) in [
+        ("-namespace", &opts.namespace),
+        ("-id", &opts.id),
+        ("-address", &opts.address),
+        ("-socket", &address),
+    ] {
+        args.push(flag.into());
+        args.push(value.clone());
     }
     if opts.debug {
-        cmd.arg("-debug");
+        args.push("-debug".into());
     }
-    let mut child = cmd.spawn().context("spawn the shim server")?;
+    let mut child = match crate::sys::fork_server().context("fork the shim server")? {
+        // This process becomes the server: no exec of the binary again.
+        Some(crate::sys::Forked::Child) => serve_forked(&args, &opts.ttrpc_address),
+        Some(crate::sys::Forked::Parent { pid, stdout }) => Server::Forked { pid, stdout },
+        None => {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.stdout(std::process::Stdio::piped())
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .args(&args[1..]);
+            // containerd 2.3+ passes its TTRPC address in the bootstrap
+            // message rather than the environment.
+            if !opts.ttrpc_address.is_empty() {
+                cmd.env("TTRPC_ADDRESS", &opts.ttrpc_address);
+            }
+            Server::Spawned(cmd.spawn().context("spawn the shim server")?)
+        }
+    };
     // The runtime options' `ShimCgroup`, and an OOM score above containerd's.
     let shim_cgroup = opts
         .extension::<containerd_shim::protos::shim::oci::Options>()
         .map(|o| o.map(|o| o.shim_cgroup).unwrap_or_default());
     let confined = shim_cgroup
-        .and_then(|cg| containerd_shim::cgroup::set_cgroup_and_oom_score(child.id(), &cg));
+        .and_then(|cg| containerd_shim::cgroup::set_cgroup_and_oom_score(child.pid(), &cg));
     if let Err(e) = confined {
-        let _ = child.kill();
-        let _ = child.wait();
+        child.kill();
         return Err(e).context("place the shim server");
     }
     // The server closes its stdout once it listens (or once it found the
     // group's server already listening); until then, copy what it says.
-    let waited = match child.stdout.take() {
+    let waited = match child.stdout() {
         Some(mut out) => std::io::copy(&mut out, &mut std::io::stderr())
             .map(drop)
             .context("wait for the shim server"),
@@ -147,11 +162,75 @@ pub fn start(opts: StartOpts) -> anyhow::Result<String> {
     });
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        let _ = child.kill();
-        let _ = child.wait();
+        child.kill();
         return Err(e);
     }
     Ok(address)
+}
+
+/// The shim server `start` made.
+enum Server {
+    /// Forked from `start` (see [`crate::sys::fork_server`]).
+    Forked { pid: i32, stdout: std::fs::File },
+    /// Spawned as a new process of the binary (a `start` with threads).
+    Spawned(std::process::Child),
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        match self {
+            Server::Forked { pid, .. } => u32::try_from(*pid).unwrap_or_default(),
+            Server::Spawned(child) => child.id(),
+        }
+    }
+
+    /// The read end of the server's stdout.
+    fn stdout(&mut self) -> Option<std::fs::File> {
+        match self {
+            Server::Forked { stdout, .. } => stdout.try_clone().ok(),
+            Server::Spawned(child) => child
+                .stdout
+                .take()
+                .map(|o| std::fs::File::from(std::os::fd::OwnedFd::from(o))),
+        }
+    }
+
+    /// Ends a server that `start` cannot hand to containerd.
+    fn kill(self) {
+        match self {
+            Server::Forked { pid, .. } => {
+                let pid = Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+            Server::Spawned(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// The forked child of `start`: serves as the server an exec would have
+/// started with `args`, then exits.
+fn serve_forked(args: &[String], ttrpc_address: &str) -> ! {
+    if let Err(e) = crate::sys::blank_last_arg("start") {
+        // cosmetic: `ps` shows the server as `... start`
+        eprintln!("{}: server command line: {e}", crate::RUNTIME_ID);
+    }
+    // containerd 2.3+ passes its TTRPC address in the bootstrap message.
+    // This process has one thread, so changing the environment is safe.
+    if !ttrpc_address.is_empty() {
+        std::env::set_var("TTRPC_ADDRESS", ttrpc_address);
+    }
+    let served = containerd_shim::parse(&args[1..])
+        .map_err(anyhow::Error::from)
+        .and_then(|flags| crate::serve::run(&flags));
+    if let Err(e) = served {
+        eprintln!("{}: serve: {e:#}", crate::RUNTIME_ID);
+        std::process::exit(1);
+    }
+    std::process::exit(0)
 }
 
 /// The server group of a container: its pod's sandbox id (CRI's annotation

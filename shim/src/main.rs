@@ -26,7 +26,7 @@ fn main() {
         match flags.action.as_str() {
             "start" => actions::start_action(&flags),
             "delete" => actions::delete_action(&flags),
-            "" => serve(&flags),
+            "" => serve::run(&flags),
             other => Err(anyhow::anyhow!("unknown action {other:?}")),
         }
     };
@@ -41,14 +41,4 @@ fn main() {
         );
         std::process::exit(1);
     }
-}
-
-/// The shim server. One thread serves the whole pod: ttrpc requests are
-/// short, and the shim's memory is paid once per pod.
-fn serve(flags: &containerd_shim::Flags) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?
-        .block_on(serve::serve(flags))
 }

@@ -29,6 +29,16 @@ use crate::sys;
 const TASK_V3: &str = "containerd.task.v3.Task";
 const TASK_V2: &str = "containerd.task.v2.Task";
 
+/// Runs the shim server: one thread serves the whole pod, since ttrpc
+/// requests are short and the shim's memory is paid once per pod.
+pub fn run(flags: &Flags) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?
+        .block_on(serve(flags))
+}
+
 /// Serves the task API on `flags.socket` until shut down.
 pub async fn serve(flags: &Flags) -> anyhow::Result<()> {
     if flags.socket.is_empty() {

@@ -107,6 +107,24 @@ fn cgroup_placement_limits_stats_and_removal() -> Result<()> {
             ensure!(line.ends_with(&format!(":/{ns}/{id}")), "{line} in {own}");
         }
         ensure!(own.contains(&format!("memory:/{ns}/{id}")), "{own}");
+        // The shim server, forked from `start` without an exec, does not
+        // show as `... start`.
+        let server = cd
+            .processes()?
+            .into_iter()
+            .find(|p| {
+                p.argv
+                    .first()
+                    .is_some_and(|a| a.ends_with(wasmpod_e2e::SHIM_BINARY))
+                    && p.argv.get(1).map(String::as_str) != Some("__wasmpod_runner")
+                    && p.argv.iter().any(|a| a == id)
+            })
+            .context("no shim server process")?;
+        ensure!(
+            !server.argv.iter().any(|a| a == "start"),
+            "server command line: {:?}",
+            server.argv
+        );
         // it got there by itself before it exec'd, not by being moved
         let log = std::fs::read_to_string(cd.log_path())?;
         let line = log

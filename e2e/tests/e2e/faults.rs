@@ -146,6 +146,7 @@ fn wasm_pods_survive_containerd_restarts_and_crashes() -> Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
+    let early_pid = runner_pid(&cd, early_id)?.context("no runner for the early exit")?;
     drop(cri);
     let killed_at = now_ns();
     cd.kill9()?;
@@ -164,7 +165,9 @@ fn wasm_pods_survive_containerd_restarts_and_crashes() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    while runner_pid(&cd, early_id)?.is_some() {
+    // Gone from /proc, not only a zombie without a command line: the shim
+    // has reaped it, and so recorded its exit.
+    while std::path::Path::new(&format!("/proc/{early_pid}")).exists() {
         ensure!(
             Instant::now() < deadline,
             "{early_id} never exited on its own"
