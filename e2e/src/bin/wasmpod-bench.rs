@@ -85,8 +85,7 @@ fn main() -> Result<()> {
     let rounds: usize = std::env::var("WASMPOD_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        // Wall times fall on ~50 ms steps of containerd/ctr: 40 rounds keep
-        // the medians from flipping between them.
+        // 40 rounds: the medians of a noisy 2 vCPU VM settle
         .unwrap_or(40);
     let cd = Containerd::start(ContainerdOptions::default())?;
     let hello = guest("wasm32-wasip1", "hello")?;
