@@ -936,6 +936,21 @@ impl Containerd {
         ))
     }
 
+    /// The shim server serving container `id` (its argv names it), or any
+    /// shim server of this containerd when `id` is `None`.
+    pub fn shim_server(&self, id: Option<&str>) -> Result<leftovers::ProcInfo> {
+        self.processes()?
+            .into_iter()
+            .find(|p| {
+                p.argv
+                    .first()
+                    .is_some_and(|a| a.ends_with(crate::SHIM_BINARY))
+                    && p.argv.iter().any(|a| a == "-address")
+                    && id.is_none_or(|id| p.argv.iter().any(|a| a == id))
+            })
+            .with_context(|| format!("no shim server process for {id:?}"))
+    }
+
     /// Everything left behind right now (no waiting); see
     /// [`assert_no_leftovers`](Self::assert_no_leftovers) for what counts.
     pub fn leftovers(&self) -> Result<Vec<Leftover>> {

@@ -501,16 +501,7 @@ fn huge_layers_stream_through_the_shim_in_bounded_memory() -> Result<()> {
     );
     // The shim streamed the layer: its peak resident memory stays far
     // below the layer's size.
-    let shim = cd
-        .processes()?
-        .into_iter()
-        .find(|p| {
-            p.argv
-                .first()
-                .is_some_and(|a| a.ends_with(wasmpod_e2e::SHIM_BINARY))
-                && p.argv.iter().any(|a| a == "-address")
-        })
-        .context("no shim server")?;
+    let shim = cd.shim_server(None)?;
     let status = std::fs::read_to_string(format!("/proc/{}/status", shim.pid))?;
     let hwm_kib: u64 = status
         .lines()

@@ -109,17 +109,7 @@ fn cgroup_placement_limits_stats_and_removal() -> Result<()> {
         ensure!(own.contains(&format!("memory:/{ns}/{id}")), "{own}");
         // The shim server, forked from `start` without an exec, does not
         // show as `... start`.
-        let server = cd
-            .processes()?
-            .into_iter()
-            .find(|p| {
-                p.argv
-                    .first()
-                    .is_some_and(|a| a.ends_with(wasmpod_e2e::SHIM_BINARY))
-                    && p.argv.get(1).map(String::as_str) != Some("__wasmpod_runner")
-                    && p.argv.iter().any(|a| a == id)
-            })
-            .context("no shim server process")?;
+        let server = cd.shim_server(Some(id))?;
         ensure!(
             !server.argv.iter().any(|a| a == "start"),
             "server command line: {:?}",
