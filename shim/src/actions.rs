@@ -120,7 +120,10 @@ pub fn start(opts: StartOpts) -> anyhow::Result<String> {
     let mut child = match crate::sys::fork_server().context("fork the shim server")? {
         // This process becomes the server: no exec of the binary again.
         Some(crate::sys::Forked::Child) => serve_forked(&args, &opts.ttrpc_address),
-        Some(crate::sys::Forked::Parent { pid, stdout }) => Server::Forked { pid, stdout },
+        Some(crate::sys::Forked::Parent { pid, stdout }) => Server::Forked {
+            pid,
+            stdout: Some(stdout),
+        },
         None => {
             let mut cmd = std::process::Command::new(&exe);
             cmd.stdout(std::process::Stdio::piped())
@@ -171,7 +174,10 @@ pub fn start(opts: StartOpts) -> anyhow::Result<String> {
 /// The shim server `start` made.
 enum Server {
     /// Forked from `start` (see [`crate::sys::fork_server`]).
-    Forked { pid: i32, stdout: std::fs::File },
+    Forked {
+        pid: i32,
+        stdout: Option<std::fs::File>,
+    },
     /// Spawned as a new process of the binary (a `start` with threads).
     Spawned(std::process::Child),
 }
@@ -184,10 +190,10 @@ impl Server {
         }
     }
 
-    /// The read end of the server's stdout.
+    /// The read end of the server's stdout (once).
     fn stdout(&mut self) -> Option<std::fs::File> {
         match self {
-            Server::Forked { stdout, .. } => stdout.try_clone().ok(),
+            Server::Forked { stdout, .. } => stdout.take(),
             Server::Spawned(child) => child
                 .stdout
                 .take()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
-use crate::common::{probe_image, run, running_pid, P1, P2, RUNTIME};
+use crate::common::{probe_image, run, running_pid, spawn_run, P1, P2};
 
 fn read(path: &str) -> Result<String> {
     Ok(std::fs::read_to_string(path)
@@ -58,22 +58,14 @@ fn cgroup_placement_limits_stats_and_removal() -> Result<()> {
     let image = probe_image(&cd, P1)?;
     let id = "cg-hold";
     let limit = 128u64 << 20;
-    let mut child = cd.ctr_spawn(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--memory-limit",
-        &limit.to_string(),
-        "--cpus",
-        "0.5",
+    let limit_arg = limit.to_string();
+    let mut child = spawn_run(
+        &cd,
+        &["--memory-limit", &limit_arg, "--cpus", "0.5"],
         &image,
         id,
-        "/probe.wasm",
-        "alloc",
-        "40",
-        "60",
-    ])?;
+        &["/probe.wasm", "alloc", "40", "60"],
+    )?;
     let pid = running_pid(&cd, id)?;
     let ns = cd.namespace().to_owned();
     let mem = format!("/sys/fs/cgroup/memory/{ns}/{id}");
@@ -213,17 +205,7 @@ fn cgroup_v2_runner_is_born_in_its_cgroup() -> Result<()> {
     );
 
     let id = "cg2-hold";
-    let mut child = cd.ctr_spawn(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        &image,
-        id,
-        "/probe.wasm",
-        "sleep",
-        "60",
-    ])?;
+    let mut child = spawn_run(&cd, &[], &image, id, &["/probe.wasm", "sleep", "60"])?;
     let pid = running_pid(&cd, id)?;
     let dir = mount.join(&ns).join(id);
     let result = (|| -> Result<()> {

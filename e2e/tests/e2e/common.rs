@@ -121,6 +121,17 @@ pub fn running_pid(cd: &Containerd, id: &str) -> Result<u32> {
     }
 }
 
+/// The arguments of `ctr run --rm` of `image` as `id` with extra ctr
+/// flags and guest args, through wasmpod.
+fn run_argv<'a>(flags: &[&'a str], image: &'a str, id: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut argv = vec!["run", "--rm", "--runtime", RUNTIME];
+    argv.extend_from_slice(flags);
+    argv.push(image);
+    argv.push(id);
+    argv.extend_from_slice(args);
+    argv
+}
+
 /// `ctr run --rm` of `image` as `id` with extra ctr flags and guest args.
 pub fn run(
     cd: &Containerd,
@@ -129,12 +140,18 @@ pub fn run(
     id: &str,
     args: &[&str],
 ) -> Result<wasmpod_e2e::Output> {
-    let mut argv = vec!["run", "--rm", "--runtime", RUNTIME];
-    argv.extend_from_slice(flags);
-    argv.push(image);
-    argv.push(id);
-    argv.extend_from_slice(args);
-    cd.ctr_output(&argv)
+    cd.ctr_output(&run_argv(flags, image, id, args))
+}
+
+/// [`run`] in the background: the running `ctr`.
+pub fn spawn_run(
+    cd: &Containerd,
+    flags: &[&str],
+    image: &str,
+    id: &str,
+    args: &[&str],
+) -> Result<std::process::Child> {
+    cd.ctr_spawn(&run_argv(flags, image, id, args))
 }
 
 /// `cmd` as one shell word list (single-quoted arguments).

@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use wasmpod_e2e::process::run_with_timeout;
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
-use crate::common::{probe_image, running_pid, P2, RUNTIME};
+use crate::common::{probe_image, running_pid, spawn_run, P2};
 
 /// A named network namespace (`ip netns`), deleted on drop.
 struct Netns(String);
@@ -74,20 +74,13 @@ fn joins_the_named_network_namespace_and_serves_there() -> Result<()> {
     let netns = Netns::new(format!("wasmpod-e2e-{}", std::process::id()))?;
     let id = "net-join";
     let with_ns = format!("network:{}", netns.path());
-    let mut child = cd.ctr_spawn(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--with-ns",
-        &with_ns,
+    let mut child = spawn_run(
+        &cd,
+        &["--with-ns", &with_ns],
         &image,
         id,
-        "/probe.wasm",
-        "serve",
-        "8080",
-        "1",
-    ])?;
+        &["/probe.wasm", "serve", "8080", "1"],
+    )?;
     let result = (|| -> Result<()> {
         let pid = running_pid(&cd, id)?;
         ensure!(
@@ -128,18 +121,7 @@ fn a_new_network_namespace_is_private() -> Result<()> {
     let image = probe_image(&cd, P2)?;
     let id = "net-new";
     // ctr's default spec asks for a new network namespace (no path).
-    let mut child = cd.ctr_spawn(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        &image,
-        id,
-        "/probe.wasm",
-        "serve",
-        "8081",
-        "1",
-    ])?;
+    let mut child = spawn_run(&cd, &[], &image, id, &["/probe.wasm", "serve", "8081", "1"])?;
     let result = (|| -> Result<()> {
         let pid = running_pid(&cd, id)?;
         let theirs = net_inode(&format!("/proc/{pid}/ns/net"))?;

@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 use wasmpod_e2e::images::busybox_image;
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
-use crate::common::{ctr_on_a_terminal, probe_image, running_pid, P1, RUNTIME};
+use crate::common::{ctr_on_a_terminal, probe_image, running_pid, spawn_run, P1, RUNTIME};
 
 const BUSYBOX: &str = "docker.io/wasmpod-e2e/busybox:pods";
 const IN_POD: &str = "io.kubernetes.cri.container-type=container";
@@ -109,19 +109,13 @@ fn linux_containers_of_a_pod_run_through_runc() -> Result<()> {
     let _ = cd.ctr(&["containers", "rm", "side-cwd"]);
 
     // killed with SIGKILL while running
-    let mut child = cd.ctr_spawn(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        IN_POD,
+    let mut child = spawn_run(
+        &cd,
+        &["--annotation", IN_POD],
         BUSYBOX,
         "side-sleep",
-        "/bin/busybox",
-        "sleep",
-        "300",
-    ])?;
+        &["/bin/busybox", "sleep", "300"],
+    )?;
     running_pid(&cd, "side-sleep")?;
     cd.ctr(&["tasks", "kill", "-s", "SIGKILL", "side-sleep"])?;
     let status = child.wait()?;
