@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
-use wasmpod_oci::layout::{write_image_tar, Entry, ImageSpec};
+use wasmpod_oci::image::{write_image_tar, Entry, ImageSpec};
 
 use crate::workspace_root;
 

@@ -170,16 +170,14 @@ pub fn run_with_input(
 /// wall time measured around it is the child's own: polling with sleeps
 /// rounded `make bench`'s figures up to the next poll, 50 ms apart.
 pub fn wait_until(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsFd;
     let deadline = Instant::now() + timeout;
-    let pid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
-    // SAFETY: pidfd_open(2) takes two integers and returns a new descriptor
-    // or -1; it touches no memory of ours.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let pidfd = i32::try_from(raw).ok().filter(|fd| *fd >= 0).map(|fd| {
-        // SAFETY: the descriptor was just returned to us, open and unowned.
-        unsafe { OwnedFd::from_raw_fd(fd) }
-    });
+    let pidfd = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .and_then(|pid| {
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+        });
     let mut pause = Duration::from_millis(1);
     loop {
         if let Some(status) = child.try_wait()? {

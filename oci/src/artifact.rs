@@ -19,10 +19,11 @@
 
 use std::collections::BTreeMap;
 
-use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, ANNOTATION_TITLE};
+use oci_spec::image::{Descriptor, ImageManifest, ANNOTATION_TITLE};
 use serde::{Deserialize, Serialize};
 
-use crate::layout::{blob_descriptor, canonical_json, validate_platform, Blob, Blobs, LayoutError};
+use crate::blob::{blob_descriptor, canonical_json, validate_platform, Blob, Blobs, BuildError};
+use crate::document::DocumentError;
 use crate::wasm::{classify, WasmKind};
 
 /// Config media type of a Wasm OCI artifact (CNCF TAG Runtime).
@@ -43,9 +44,6 @@ pub const WASM_LAYER_MEDIA_TYPES: [&str; 3] = [
 
 /// Container annotation that names the layer to run (title or digest).
 pub const LAYER_ANNOTATION: &str = "wasmpod.io/wasm-layer";
-
-/// Largest manifest, index or config the shim and the CLI read.
-pub const MAX_DOCUMENT_SIZE: u64 = 4 << 20;
 
 /// Whether `media_type` is one of [`WASM_LAYER_MEDIA_TYPES`].
 pub fn is_wasm_layer(media_type: &str) -> bool {
@@ -83,12 +81,10 @@ pub enum ArtifactError {
         /// Titles or digests of the Wasm layers.
         available: Vec<String>,
     },
-    /// An index lists no manifest the shim can run.
-    #[error("image index lists no Wasm manifest (platforms: {})", platforms.join(", "))]
-    NoWasmManifest {
-        /// Platforms the index lists.
-        platforms: Vec<String>,
-    },
+    /// A manifest or index is malformed, or an index lists no Wasm
+    /// manifest.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
     /// An input to [`artifact_blobs`] is unusable.
     #[error("artifact module {title:?}: {reason}")]
     BadModule {
@@ -99,7 +95,7 @@ pub enum ArtifactError {
     },
     /// Building the layout documents failed.
     #[error(transparent)]
-    Layout(#[from] LayoutError),
+    Build(#[from] BuildError),
 }
 
 /// The config document of a Wasm artifact.
@@ -258,87 +254,6 @@ pub fn artifact_blobs(spec: &ArtifactSpec) -> Result<Blobs, ArtifactError> {
     })
 }
 
-/// A manifest or an index, told apart by their content.
-#[derive(Debug, Clone)]
-pub enum Document {
-    /// An image manifest.
-    Manifest(Box<ImageManifest>),
-    /// An image index (or Docker manifest list).
-    Index(Box<ImageIndex>),
-}
-
-/// Parses a manifest or index (`mediaType` or, without it, the presence of
-/// `manifests`/`layers` decides).
-///
-/// # Errors
-///
-/// Oversized or malformed JSON.
-pub fn parse_document(bytes: &[u8]) -> Result<Document, ArtifactError> {
-    if bytes.len() as u64 > MAX_DOCUMENT_SIZE {
-        return Err(ArtifactError::Parse {
-            what: "manifest",
-            reason: format!("{} bytes is more than {MAX_DOCUMENT_SIZE}", bytes.len()),
-        });
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| ArtifactError::Parse {
-            what: "manifest",
-            reason: e.to_string(),
-        })?;
-    let media_type = value
-        .get("mediaType")
-        .and_then(|m| m.as_str())
-        .unwrap_or("");
-    let is_index = media_type.contains("index")
-        || media_type.contains("manifest.list")
-        || (media_type.is_empty() && value.get("manifests").is_some());
-    if is_index {
-        serde_json::from_value(value)
-            .map(|i| Document::Index(Box::new(i)))
-            .map_err(|e| ArtifactError::Parse {
-                what: "image index",
-                reason: e.to_string(),
-            })
-    } else {
-        serde_json::from_value(value)
-            .map(|m| Document::Manifest(Box::new(m)))
-            .map_err(|e| ArtifactError::Parse {
-                what: "image manifest",
-                reason: e.to_string(),
-            })
-    }
-}
-
-/// The manifest of an index that a Wasm node runs: the first whose platform
-/// is Wasm (`os` starting with `wasi` or architecture `wasm`), else the only
-/// one.
-///
-/// # Errors
-///
-/// [`ArtifactError::NoWasmManifest`] when there is no such manifest.
-pub fn choose_manifest(index: &ImageIndex) -> Result<&Descriptor, ArtifactError> {
-    let is_wasm = |d: &&Descriptor| {
-        d.platform().as_ref().is_some_and(|p| {
-            p.os().to_string().starts_with("wasi") || p.architecture().to_string() == "wasm"
-        })
-    };
-    if let Some(d) = index.manifests().iter().find(is_wasm) {
-        return Ok(d);
-    }
-    match index.manifests().as_slice() {
-        [only] => Ok(only),
-        all => Err(ArtifactError::NoWasmManifest {
-            platforms: all
-                .iter()
-                .map(|d| match d.platform() {
-                    Some(p) => format!("{}/{}", p.os(), p.architecture()),
-                    None => "unspecified".to_owned(),
-                })
-                .collect(),
-        }),
-    }
-}
-
 /// The Wasm layers of a manifest, in order.
 pub fn wasm_layers(manifest: &ImageManifest) -> Vec<&Descriptor> {
     manifest
@@ -423,6 +338,7 @@ pub fn select_layer<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::document::{choose_manifest, parse_document, Document};
 
     const MODULE: &[u8] = b"\0asm\x01\0\0\0";
     const COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";

@@ -5,18 +5,27 @@
 //!   containerd hands the shim) into a [`plan::RunPlan`]: what the Wasm guest
 //!   may see (args, env, cwd, root and bind mounts) and how to find its entry
 //!   point. The shim executes plans; it never reads the spec itself.
-//! - [`layout`] writes OCI image layouts (classic images with the `.wasm` in a
-//!   tar layer), reproducibly, for `ctr images import` and registries, and
-//!   reads them back.
-//! - [`artifact`] builds Wasm OCI artifacts (raw `.wasm` layers), recognises
-//!   them and chooses the layer a container runs.
+//! - [`image`] builds classic images (the `.wasm` in a tar layer) and
+//!   [`artifact`] Wasm OCI artifacts (raw `.wasm` layers), both from the
+//!   blobs and canonical JSON of [`blob`]; [`layout`] writes either as an
+//!   OCI image layout, reproducibly, for `ctr images import` and registries,
+//!   and reads layouts back.
+//! - [`document`] reads manifests and indexes and picks the manifest a Wasm
+//!   node runs; [`artifact`] chooses the layer a container runs.
+//! - [`reference`] checks image references; [`cgroup`] resolves
+//!   `linux.cgroupsPath`; [`wasm`] tells modules from components.
 //!
 //! The crate forbids unsafe code: it parses untrusted input (specs, manifests)
 //! and must stay safe to fuzz.
 #![forbid(unsafe_code)]
 
+mod archive;
 pub mod artifact;
+pub mod blob;
 pub mod cgroup;
+pub mod document;
+pub mod image;
 pub mod layout;
 pub mod plan;
+pub mod reference;
 pub mod wasm;

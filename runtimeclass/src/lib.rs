@@ -20,7 +20,10 @@ pub mod config;
 pub mod cri;
 pub mod kube;
 pub mod node;
-#[allow(unsafe_code)]
+#[allow(
+    unsafe_code,
+    reason = "the installer's one raw syscall (setns before exec), with its SAFETY note"
+)]
 pub mod sys;
 
 /// The containerd runtime type (`runtime_type` in CRI config) of the shim.

@@ -14,6 +14,20 @@ use std::io::{BufRead, Write};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use wasmpod_oci::plan::RunPlan;
 
+/// First argument that selects runner mode in `main`.
+pub const RUNNER_ARG: &str = "__wasmpod_runner";
+
+/// Whether `pid` is a live runner process for container `id` (checked before
+/// signalling a pid read from disk, which may have been reused).
+pub fn is_runner(pid: i32, id: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|b| *b == 0);
+    let _exe = args.next();
+    args.next() == Some(RUNNER_ARG.as_bytes()) && args.next() == Some(id.as_bytes())
+}
+
 /// What the shim asks a runner to prepare.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RunRequest {
@@ -23,7 +37,7 @@ pub struct RunRequest {
     pub plan: RunPlan,
     /// The node's precompiled-module cache, if enabled.
     #[serde(default)]
-    pub cache: Option<crate::cache::CacheConfig>,
+    pub cache: Option<crate::runner::cache::CacheConfig>,
     /// The Wasm to run when it is not a file of the rootfs: a layer of a
     /// Wasm artifact the shim wrote out of containerd's content store.
     #[serde(default)]
@@ -59,18 +73,49 @@ pub enum Reply {
         #[serde(default)]
         timings: Vec<(String, f64)>,
     },
-    /// The workload cannot run; `message` says why.
-    Failed { message: String },
+    /// The workload cannot run; `message` says why and `kind` whose fault
+    /// it is.
+    Failed {
+        #[serde(default)]
+        kind: FailureKind,
+        message: String,
+    },
+}
+
+/// Whose fault a runner's failure is, which decides the code containerd
+/// (and kubelet) see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKind {
+    /// The Wasm itself: missing, not Wasm, corrupt, cannot link.
+    #[default]
+    Workload,
+    /// Something the spec asks for that cannot be done (a mount whose source
+    /// is missing, a preopen that cannot be opened).
+    Spec,
+    /// The node: a namespace that cannot be joined, an engine that cannot
+    /// be built.
+    Node,
 }
 
 /// The line the shim sends to start the guest.
 pub const START: &str = "start";
 
-/// Writes `msg` as one JSON line.
-pub fn send<W: Write, T: Serialize>(w: &mut W, msg: &T) -> std::io::Result<()> {
+/// `msg` as one JSON line: the one encoding both sides write.
+pub fn encode<T: Serialize>(msg: &T) -> std::io::Result<Vec<u8>> {
     let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    w.write_all(&line)?;
+    Ok(line)
+}
+
+/// Parses one line written by [`encode`].
+pub fn decode<T: DeserializeOwned>(line: &str) -> std::io::Result<T> {
+    serde_json::from_str(line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Writes `msg` as one JSON line.
+pub fn send<W: Write, T: Serialize>(w: &mut W, msg: &T) -> std::io::Result<()> {
+    w.write_all(&encode(msg)?)?;
     w.flush()
 }
 
@@ -80,9 +125,7 @@ pub fn recv<R: BufRead, T: DeserializeOwned>(r: &mut R) -> std::io::Result<Optio
     if r.read_line(&mut line)? == 0 {
         return Ok(None);
     }
-    serde_json::from_str(&line)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    decode(&line).map(Some)
 }
 
 #[cfg(test)]
@@ -100,21 +143,23 @@ mod tests {
             timings: vec![("engine".into(), 1.5)],
         };
         send(&mut buf, &ready).unwrap();
-        send(
-            &mut buf,
-            &Reply::Failed {
-                message: "no".into(),
-            },
-        )
-        .unwrap();
+        let failed = Reply::Failed {
+            kind: FailureKind::Node,
+            message: "no".into(),
+        };
+        send(&mut buf, &failed).unwrap();
         let mut r = std::io::BufReader::new(&buf[..]);
         assert_eq!(recv::<_, Reply>(&mut r).unwrap(), Some(ready));
-        assert_eq!(
-            recv::<_, Reply>(&mut r).unwrap(),
-            Some(Reply::Failed {
-                message: "no".into()
-            })
-        );
+        assert_eq!(recv::<_, Reply>(&mut r).unwrap(), Some(failed));
         assert_eq!(recv::<_, Reply>(&mut r).unwrap(), None);
+        // a reply without a kind (an older runner) is the workload's fault
+        let old: Reply = decode(r#"{"status":"failed","message":"m"}"#).unwrap();
+        assert_eq!(
+            old,
+            Reply::Failed {
+                kind: FailureKind::Workload,
+                message: "m".into()
+            }
+        );
     }
 }

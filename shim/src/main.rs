@@ -1,11 +1,11 @@
 //! `containerd-shim-wasmpod-v1`: containerd's shim for Wasm containers, and
 //! (with a private first argument) the runner process of one container.
 
-use wasmpod_shim::{actions, runner, serve, RUNTIME_ID};
+use wasmpod_shim::{actions, control, runner, server, RUNTIME_ID};
 
 fn main() {
     let args: Vec<_> = std::env::args_os().collect();
-    if args.get(1).map(|a| a.as_os_str()) == Some(runner::RUNNER_ARG.as_ref()) {
+    if args.get(1).map(|a| a.as_os_str()) == Some(control::RUNNER_ARG.as_ref()) {
         std::process::exit(runner::main());
     }
     let flags = match containerd_shim::parse(&args[1..]) {
@@ -26,7 +26,7 @@ fn main() {
         match flags.action.as_str() {
             "start" => actions::start_action(&flags),
             "delete" => actions::delete_action(&flags),
-            "" => serve::run(&flags),
+            "" => server::run(&flags),
             other => Err(anyhow::anyhow!("unknown action {other:?}")),
         }
     };

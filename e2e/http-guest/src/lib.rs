@@ -2,7 +2,7 @@
 //! benchmarks. Routes:
 //! - `/` → 200 `hello from wasmpod http`
 //! - `/trap` → the handler traps (the server answers 500)
-//! - `/slow?ms=N` → sleeps N ms, then 200 `slept N`
+//! - `/slow?ms=N` → 200 at once, then the body `slept N` after N ms
 //! - `/spin` → loops forever (the request timeout ends it)
 //! - `/alloc?mib=N` → allocates and touches N MiB, then 200 `allocated N`
 //! - `/call?to=HOST:PORT&path=/P` → GET http://HOST:PORT/P with
@@ -73,9 +73,20 @@ impl wasip2::exports::http::incoming_handler::Guest for Handler {
             "/" => respond(out, 200, "hello from wasmpod http\n"),
             "/trap" => panic!("trap requested"),
             "/slow" => {
+                // The head goes out first, so a client knows the request is
+                // being answered while the body is still to come.
                 let ms: u64 = query(&pq, "ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
-                wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
-                respond(out, 200, &format!("slept {ms}\n"));
+                let resp = OutgoingResponse::new(Fields::new());
+                let _ = resp.set_status_code(200);
+                let Ok(b) = resp.body() else { return };
+                ResponseOutparam::set(out, Ok(resp));
+                if let Ok(mut stream) = b.write() {
+                    let _ = stream.flush();
+                    wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+                    let _ = stream.write_all(format!("slept {ms}\n").as_bytes());
+                    let _ = stream.flush();
+                }
+                let _ = OutgoingBody::finish(b, None);
             }
             "/spin" => {
                 let mut x = 0u64;

@@ -46,7 +46,7 @@ use anyhow::{bail, ensure, Context, Result};
 use wasmpod_e2e::guests::{compute_binaries, guest, http_guest};
 use wasmpod_e2e::images::{base_spec, busybox_image, image_tar, wasm_image};
 use wasmpod_e2e::{workspace_root, Containerd, ContainerdOptions, RUNTIME};
-use wasmpod_oci::layout::Entry;
+use wasmpod_oci::image::Entry;
 
 const WASM_IMAGE: &str = "docker.io/wasmpod/bench-hello:latest";
 const BUSYBOX_IMAGE: &str = "docker.io/wasmpod/bench-busybox:latest";

@@ -20,7 +20,8 @@ use wasmpod_oci::artifact::{
     WasmConfig, MEDIA_TYPE_COMPONENT, MEDIA_TYPE_WASM, MEDIA_TYPE_WASM_CONTENT,
     WASM_CONFIG_MEDIA_TYPE,
 };
-use wasmpod_oci::layout::{write_layout_tar, Blob, Blobs};
+use wasmpod_oci::blob::{Blob, Blobs};
+use wasmpod_oci::layout::write_layout_tar;
 
 use crate::common::{P1, P2};
 
@@ -345,7 +346,7 @@ fn multi_layer_artifacts_run_the_layer_the_pod_names() -> Result<()> {
     )?;
     ensure!(code == 7, "by command: exit {code}");
     // Untitled layers are named by digest.
-    let digest = wasmpod_oci::layout::sha256_digest(&exit7);
+    let digest = wasmpod_oci::blob::sha256_digest(&exit7);
     let (code, _) = run_to_exit(
         &cri,
         &mut pod,

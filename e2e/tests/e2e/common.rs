@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use wasmpod_e2e::guests::guest;
 use wasmpod_e2e::Containerd;
-use wasmpod_oci::layout::{write_image_tar, Entry, ImageSpec};
+use wasmpod_oci::image::{write_image_tar, Entry, ImageSpec};
 
 /// The runtime name that selects the wasmpod shim.
 pub const RUNTIME: &str = "io.containerd.wasmpod.v1";

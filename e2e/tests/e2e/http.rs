@@ -118,13 +118,13 @@ fn http_components_serve_call_each_other_fail_per_request_and_drain() -> Result<
         "A's log does not report the failed request: {log:?}"
     );
 
-    // SIGTERM while a slow request runs: it finishes, then the server exits 0.
-    let slow = std::thread::spawn(move || get(b_addr, "/slow?ms=2000", Duration::from_secs(30)));
-    std::thread::sleep(Duration::from_millis(500));
+    // SIGTERM while a slow request runs (its response head has arrived, its
+    // body comes 2 s later): it finishes, then the server exits 0.
+    let slow =
+        wasmpod_e2e::http_client::get_in_flight(b_addr, "/slow?ms=2000", Duration::from_secs(30))?;
     cri.stop_container(&b_id, 20)?;
-    let (status, body) = slow
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let status = slow.status;
+    let body = slow.body()?;
     ensure!(
         status == 200 && body == "slept 2000\n",
         "slow request during SIGTERM: {status} {body:?}"

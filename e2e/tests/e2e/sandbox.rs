@@ -8,7 +8,7 @@ use std::fs;
 use anyhow::{ensure, Result};
 use wasmpod_e2e::guests::guest;
 use wasmpod_e2e::{Containerd, ContainerdOptions, Output};
-use wasmpod_oci::layout::{write_image_tar, Entry, ImageSpec};
+use wasmpod_oci::image::{write_image_tar, Entry, ImageSpec};
 
 use crate::common::{import, run, P1, P2};
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use wasmpod_e2e::guests::{guest, wat_fixture};
 use wasmpod_e2e::{Containerd, ContainerdOptions};
-use wasmpod_oci::layout::{write_image_tar, Entry, ImageSpec};
+use wasmpod_oci::image::{write_image_tar, Entry, ImageSpec};
 
 use crate::common::{import, probe_image, run, running_pid, P1, P2, RUNTIME};
 

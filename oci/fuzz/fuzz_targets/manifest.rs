@@ -4,9 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasmpod_oci::artifact::{
-    choose_manifest, is_artifact, layer_name, parse_document, select_layer, wasm_layers, Document,
-};
+use wasmpod_oci::artifact::{is_artifact, layer_name, select_layer, wasm_layers};
+use wasmpod_oci::document::{choose_manifest, parse_document, Document};
 
 fuzz_target!(|data: &[u8]| {
     // `HINT \0 DOCUMENT`: the hint doubles as the layer annotation and argv[0].

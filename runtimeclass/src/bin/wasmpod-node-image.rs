@@ -18,7 +18,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sha2::{Digest, Sha256};
-use wasmpod_oci::layout::{write_image_tar, Entry, ImageSpec};
+use wasmpod_oci::image::{write_image_tar, Entry, ImageSpec};
 
 #[derive(Parser)]
 #[command(about = "Build the wasmpod node installer image (an OCI image-layout tar)")]

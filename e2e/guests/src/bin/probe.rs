@@ -304,7 +304,7 @@ fn tick(ms: u64, n: u64, code: i32) {
 /// Recurses until the stack runs out; the frame holds a buffer so each
 /// level costs real stack.
 #[inline(never)]
-#[allow(unconditional_recursion)]
+#[allow(unconditional_recursion, reason = "the point: recurse until the stack runs out")]
 fn recurse(depth: u64) -> u64 {
     let buf = black_box([depth as u8; 256]);
     recurse(black_box(depth + 1)) + u64::from(buf[0])

@@ -1,0 +1,426 @@
+//! The container's cgroup: created from the spec's `linux.cgroupsPath` with
+//! `linux.resources` applied, joined by the runner before it does any work,
+//! read for `Stats`, removed on `Delete`. cgroup v1 and v2 alike (through
+//! `cgroups-rs`, which picks the node's hierarchy).
+
+use std::time::Duration;
+
+use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::cpuacct::CpuAcctController;
+use cgroups_rs::fs::memory::MemController;
+use cgroups_rs::fs::{hierarchies, Cgroup, Controller};
+use cgroups_rs::CgroupPid;
+use containerd_shim::protos::cgroups::metrics::Metrics;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use oci_spec::runtime::LinuxResources;
+
+/// What went wrong with a container's cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("create: {0}")]
+    Create(#[source] Box<cgroups_rs::fs::error::Error>),
+    #[error("apply resources: {0}")]
+    Apply(#[source] Box<containerd_shim::Error>),
+    #[error("update resources: {0}")]
+    Update(#[source] Box<containerd_shim::Error>),
+    #[error("does not exist")]
+    Missing,
+    #[error("join: {0}")]
+    Join(#[source] std::io::Error),
+    #[error("add pid {pid}: {source}")]
+    Add {
+        pid: i32,
+        #[source]
+        source: Box<cgroups_rs::fs::error::Error>,
+    },
+    #[error("read metrics: {0}")]
+    Metrics(#[source] Box<containerd_shim::Error>),
+}
+
+/// A cgroup operation's result: the caller names the container and path.
+type Result<T> = std::result::Result<T, crate::error::Error>;
+use crate::error::Error;
+
+/// A container's cgroup.
+pub struct ContainerCgroup {
+    id: String,
+    path: String,
+    cgroup: Cgroup,
+    /// Created by the shim (removed on Delete), or owned by runc (only read).
+    owned: bool,
+}
+
+impl std::fmt::Debug for ContainerCgroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerCgroup")
+            .field("id", &self.id)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl ContainerCgroup {
+    /// Creates (or adopts) the cgroup at `path` below the hierarchy root and
+    /// applies `resources`. On failure nothing is left behind.
+    pub fn create(id: &str, path: &str, resources: Option<&LinuxResources>) -> Result<Self> {
+        let err = |source| Error::Cgroup {
+            id: id.to_owned(),
+            path: path.to_owned(),
+            source,
+        };
+        let cgroup = Cgroup::new(hierarchies::auto(), path)
+            .map_err(|e| err(CgroupError::Create(Box::new(e))))?;
+        let cg = ContainerCgroup {
+            id: id.to_owned(),
+            path: path.to_owned(),
+            cgroup,
+            owned: true,
+        };
+        if let Some(resources) = resources {
+            if let Err(e) = containerd_shim::cgroup::update_resources(&cg.cgroup, resources) {
+                cg.remove();
+                return Err(err(CgroupError::Apply(Box::new(e))));
+            }
+        }
+        Ok(cg)
+    }
+
+    /// Opens a cgroup someone else (runc) created and manages, for reading
+    /// its metrics only; [`ContainerCgroup::remove`] leaves it alone.
+    pub fn open(id: &str, path: &str) -> Result<Self> {
+        let cgroup = Cgroup::load(hierarchies::auto(), path);
+        if !cgroup.exists() {
+            return Err(Error::Cgroup {
+                id: id.to_owned(),
+                path: path.to_owned(),
+                source: CgroupError::Missing,
+            });
+        }
+        Ok(ContainerCgroup {
+            id: id.to_owned(),
+            path: path.to_owned(),
+            cgroup,
+            owned: false,
+        })
+    }
+
+    /// Takes over an existing cgroup the shim created earlier (the `delete`
+    /// action after a shim crash), so that [`ContainerCgroup::remove`]
+    /// removes it.
+    pub fn adopt(id: &str, path: &str) -> Result<Self> {
+        let mut cg = Self::open(id, path)?;
+        cg.owned = true;
+        Ok(cg)
+    }
+
+    /// Applies new `resources` (CRI's UpdateContainerResources).
+    pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        containerd_shim::cgroup::update_resources(&self.cgroup, resources).map_err(|e| {
+            Error::Cgroup {
+                id: self.id.clone(),
+                path: self.path.clone(),
+                source: CgroupError::Update(Box::new(e)),
+            }
+        })
+    }
+
+    /// The cgroup's directory when the node runs cgroup v2 (one hierarchy),
+    /// where a process can be started directly inside it; `None` on v1.
+    pub fn v2_dir(&self) -> Option<std::path::PathBuf> {
+        if !self.cgroup.v2() {
+            return None;
+        }
+        Some(
+            hierarchies::auto()
+                .root()
+                .join(self.path.trim_start_matches('/')),
+        )
+    }
+
+    /// The cgroup's path below the hierarchy root (`linux.cgroupsPath`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The cgroup's `tasks` file in each hierarchy when the node runs
+    /// cgroup v1, opened for writing, for a new process to move itself in
+    /// (see [`crate::sys::spawn::Placement`]); `None` on v2.
+    pub fn v1_tasks(&self) -> Option<std::io::Result<Vec<std::fs::File>>> {
+        if self.cgroup.v2() {
+            return None;
+        }
+        Some(
+            self.cgroup
+                .subsystems()
+                .iter()
+                .map(|s| {
+                    let path = s.to_controller().path().join("tasks");
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| {
+                            std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                        })
+                })
+                .collect(),
+        )
+    }
+
+    /// Moves process `pid` into the cgroup.
+    pub fn add(&self, pid: i32) -> Result<()> {
+        self.cgroup
+            .add_task_by_tgid(CgroupPid::from(u64::try_from(pid).unwrap_or_default()))
+            .map_err(|source| Error::Cgroup {
+                id: self.id.clone(),
+                path: self.path.clone(),
+                source: CgroupError::Add {
+                    pid,
+                    source: Box::new(source),
+                },
+            })
+    }
+
+    /// The cgroup's metrics in the format containerd expects for the node's
+    /// cgroup version (`io.containerd.cgroups.v1.Metrics` or `.v2.Metrics`).
+    pub fn stats(&self) -> Result<Any> {
+        let err = |e: containerd_shim::Error| Error::Cgroup {
+            id: self.id.clone(),
+            path: self.path.clone(),
+            source: CgroupError::Metrics(Box::new(e)),
+        };
+        let any = if self.cgroup.v2() {
+            let m = containerd_shim::cgroup::collect_metrics_v2(&self.cgroup).map_err(err)?;
+            containerd_shim::util::convert_to_any(Box::new(m))
+        } else {
+            let mut m = containerd_shim::cgroup::collect_metrics(&self.cgroup).map_err(err)?;
+            complete_v1_metrics(&self.cgroup, &mut m);
+            containerd_shim::util::convert_to_any(Box::new(m))
+        };
+        any.map_err(err)
+    }
+
+    /// How many processes of this cgroup the kernel's OOM killer has
+    /// killed: `oom_kill` of `memory.oom_control` (v1, Linux 4.13+) or of
+    /// `memory.events` (v2). 0 when the memory controller or the counter is
+    /// missing.
+    pub fn oom_kills(&self) -> u64 {
+        let Some(mem) = self.cgroup.controller_of::<MemController>() else {
+            return 0;
+        };
+        let file = if self.cgroup.v2() {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(mem.path().join(file))
+            .ok()
+            .and_then(|text| counter(&text, "oom_kill"))
+            .unwrap_or(0)
+    }
+
+    /// Removes the cgroup. Its processes must have exited; the kernel may
+    /// take a moment to release the last one, so busy is retried briefly.
+    pub fn remove(&self) -> bool {
+        if !self.owned {
+            return true;
+        }
+        for _ in 0..50 {
+            if self.cgroup.delete().is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        log::warn!(
+            "container {}: cgroup {} could not be removed",
+            self.id,
+            self.path
+        );
+        false
+    }
+}
+
+/// Fills what the shim library's v1 collection leaves out or reads with
+/// v2 names: CPU usage from `cpuacct` (nanoseconds, what CRI reports as
+/// `usage_core_nano_seconds`), throttling from v1's `cpu.stat`, and the
+/// `memory.stat` counters (RSS, page faults: kubelet's `rss_bytes`,
+/// `page_faults`, `major_page_faults`).
+fn complete_v1_metrics(cgroup: &Cgroup, m: &mut Metrics) {
+    if let Some(acct) = cgroup.controller_of::<CpuAcctController>() {
+        let a = acct.cpuacct();
+        let cpu = m.cpu.mut_or_insert_default();
+        let usage = cpu.usage.mut_or_insert_default();
+        usage.total = a.usage;
+        usage.kernel = a.usage_sys;
+        usage.user = a.usage_user;
+        usage.per_cpu = a
+            .usage_percpu
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+    }
+    if let Some(ctl) = cgroup.controller_of::<CpuController>() {
+        let stat = ctl.cpu().stat;
+        let throttling = m
+            .cpu
+            .mut_or_insert_default()
+            .throttling
+            .mut_or_insert_default();
+        throttling.periods = counter(&stat, "nr_periods").unwrap_or(0);
+        throttling.throttled_periods = counter(&stat, "nr_throttled").unwrap_or(0);
+        throttling.throttled_time = counter(&stat, "throttled_time").unwrap_or(0);
+    }
+    if let Some(mem) = cgroup.controller_of::<MemController>() {
+        let s = mem.memory_stat().stat;
+        let out = m.memory.mut_or_insert_default();
+        out.cache = s.cache;
+        out.rss = s.rss;
+        out.rss_huge = s.rss_huge;
+        out.mapped_file = s.mapped_file;
+        out.dirty = s.dirty;
+        out.writeback = s.writeback;
+        out.pg_pg_in = s.pgpgin;
+        out.pg_pg_out = s.pgpgout;
+        out.pg_fault = s.pgfault;
+        out.pg_maj_fault = s.pgmajfault;
+        out.inactive_anon = s.inactive_anon;
+        out.active_anon = s.active_anon;
+        out.inactive_file = s.inactive_file;
+        out.active_file = s.active_file;
+        out.unevictable = s.unevictable;
+        out.hierarchical_memory_limit = u64::try_from(s.hierarchical_memory_limit).unwrap_or(0);
+        out.hierarchical_swap_limit = u64::try_from(s.hierarchical_memsw_limit).unwrap_or(0);
+        out.total_cache = s.total_cache;
+        out.total_rss = s.total_rss;
+        out.total_rss_huge = s.total_rss_huge;
+        out.total_mapped_file = s.total_mapped_file;
+        out.total_dirty = s.total_dirty;
+        out.total_writeback = s.total_writeback;
+        out.total_pg_pg_in = s.total_pgpgin;
+        out.total_pg_pg_out = s.total_pgpgout;
+        out.total_pg_fault = s.total_pgfault;
+        out.total_pg_maj_fault = s.total_pgmajfault;
+        out.total_inactive_anon = s.total_inactive_anon;
+        out.total_active_anon = s.total_active_anon;
+        out.total_inactive_file = s.total_inactive_file;
+        out.total_active_file = s.total_active_file;
+        out.total_unevictable = s.total_unevictable;
+    }
+}
+
+/// The value of the `key value` line `key` of a flat-keyed cgroup file.
+fn counter(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cgroups_rs::fs::pid::PidController;
+    use cgroups_rs::fs::{Hierarchy, Subsystem};
+    use containerd_shim::protos::cgroups_v2::metrics::Metrics as MetricsV2;
+    use containerd_shim::protos::protobuf::Message;
+    use std::path::PathBuf;
+
+    /// A cgroup v2 hierarchy rooted at a directory of fixture files (what
+    /// `/sys/fs/cgroup` holds on a unified node), with the cpu, memory and
+    /// pids controllers enabled.
+    #[derive(Debug)]
+    struct FixtureV2(PathBuf);
+
+    impl Hierarchy for FixtureV2 {
+        fn subsystems(&self) -> Vec<Subsystem> {
+            let (root, rel) = (self.0.clone(), PathBuf::new());
+            vec![
+                Subsystem::Cpu(CpuController::new(root.clone(), rel.clone(), true)),
+                Subsystem::Mem(MemController::new(root.clone(), rel.clone(), true)),
+                Subsystem::Pid(PidController::new(root, rel, true)),
+            ]
+        }
+        fn root(&self) -> PathBuf {
+            self.0.clone()
+        }
+        fn root_control_group(&self) -> Cgroup {
+            Cgroup::load(Box::new(FixtureV2(self.0.clone())), "")
+        }
+        fn parent_control_group(&self, path: &str) -> Cgroup {
+            let parent = std::path::Path::new(path)
+                .parent()
+                .unwrap_or(std::path::Path::new(""));
+            Cgroup::load(Box::new(FixtureV2(self.0.clone())), parent)
+        }
+        fn v2(&self) -> bool {
+            true
+        }
+    }
+
+    /// The files of one container's cgroup, as a 6.x kernel writes them
+    /// (values made up, format verbatim).
+    const V2_FILES: &[(&str, &str)] = &[
+        ("cgroup.controllers", "cpu memory pids\n"),
+        ("cgroup.procs", "4242\n"),
+        ("cpu.stat", "usage_usec 1500000\nuser_usec 1200000\nsystem_usec 300000\nnr_periods 40\nnr_throttled 7\nthrottled_usec 250000\nnr_bursts 0\nburst_usec 0\n"),
+        ("cpu.max", "50000 100000\n"),
+        ("cpu.weight", "20\n"),
+        ("memory.current", "104857600\n"),
+        ("memory.max", "268435456\n"),
+        ("memory.low", "0\n"),
+        ("memory.high", "max\n"),
+        ("memory.min", "0\n"),
+        ("memory.swap.current", "0\n"),
+        ("memory.swap.max", "max\n"),
+        ("memory.events", "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n"),
+        ("memory.stat", "anon 100663296\nfile 4194304\nkernel 1048576\nkernel_stack 16384\npagetables 204800\nsock 0\nshmem 0\nfile_mapped 0\nfile_dirty 0\nfile_writeback 0\nanon_thp 0\ninactive_anon 100663296\nactive_anon 0\ninactive_file 4194304\nactive_file 0\nunevictable 0\nslab_reclaimable 1024\nslab_unreclaimable 2048\nslab 3072\nworkingset_refault_anon 0\nworkingset_refault_file 0\nworkingset_activate_anon 0\nworkingset_activate_file 0\nworkingset_restore_anon 0\nworkingset_restore_file 0\nworkingset_nodereclaim 0\npgfault 25000\npgmajfault 3\npgrefill 0\npgscan 0\npgsteal 0\npgactivate 0\npgdeactivate 0\npglazyfree 0\npglazyfreed 0\nthp_fault_alloc 0\nthp_collapse_alloc 0\n"),
+        ("pids.current", "1\n"),
+        ("pids.max", "64\n"),
+    ];
+
+    fn fixture_cgroup(dir: &std::path::Path, rel: &str) -> ContainerCgroup {
+        let cg_dir = dir.join(rel);
+        std::fs::create_dir_all(&cg_dir).unwrap();
+        for (name, text) in V2_FILES {
+            std::fs::write(cg_dir.join(name), text).unwrap();
+        }
+        ContainerCgroup {
+            id: "c1".into(),
+            path: rel.into(),
+            cgroup: Cgroup::load(Box::new(FixtureV2(dir.to_path_buf())), rel),
+            owned: false,
+        }
+    }
+
+    #[test]
+    fn v2_stats_are_containerds_v2_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        // where the systemd driver puts a pod's container
+        let rel = "kubepods.slice/kubepods-pod1.slice/cri-containerd-c1.scope";
+        let cg = fixture_cgroup(dir.path(), rel);
+        let any = cg.stats().expect("stats of a v2 fixture");
+        assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+        let m = MetricsV2::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(m.cpu.usage_usec, 1_500_000);
+        assert_eq!(m.cpu.user_usec, 1_200_000);
+        assert_eq!(m.cpu.nr_throttled, 7);
+        assert_eq!(m.memory.usage, 104_857_600);
+        assert_eq!(m.memory.usage_limit, 268_435_456);
+        assert_eq!(m.memory.inactive_file, 4_194_304);
+        assert_eq!(m.memory.pgmajfault, 3);
+        assert_eq!(m.pids.current, 1);
+        assert_eq!(m.pids.limit, 64);
+        assert_eq!(m.memory_events.oom_kill, 2);
+        assert_eq!(cg.oom_kills(), 2);
+    }
+
+    #[test]
+    fn oom_kill_counters() {
+        // cgroup v1 memory.oom_control
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(counter(v1, "oom_kill"), Some(3));
+        // cgroup v2 memory.events: oom_group_kill must not be taken for oom_kill
+        let v2 = "low 0\nhigh 0\nmax 12\noom 2\noom_group_kill 0\noom_kill 2\n";
+        assert_eq!(counter(v2, "oom_kill"), Some(2));
+        assert_eq!(counter("oom 1\n", "oom_kill"), None);
+    }
+}
