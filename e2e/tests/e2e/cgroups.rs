@@ -17,16 +17,16 @@ fn read(path: &str) -> Result<String> {
         .to_owned())
 }
 
-/// `memory.usage_in_bytes` from `ctr tasks metrics`, i.e. what the shim's
-/// Stats returned.
-fn memory_usage(cd: &Containerd, id: &str) -> Result<u64> {
+/// Row `key` (e.g. `memory.usage_in_bytes`) of `ctr tasks metrics`, i.e.
+/// what the shim's Stats returned.
+fn metric(cd: &Containerd, id: &str, key: &str) -> Result<u64> {
     let out = cd.ctr(&["tasks", "metrics", id])?;
     let line = out
         .lines()
-        .find(|l| l.starts_with("memory.usage_in_bytes"))
-        .with_context(|| format!("no memory usage in metrics: {out}"))?;
+        .find(|l| l.split_whitespace().next() == Some(key))
+        .with_context(|| format!("no {key} in metrics: {out}"))?;
     let value = line.split_whitespace().nth(1).context("value column")?;
-    value.parse().with_context(|| format!("usage {value}"))
+    value.parse().with_context(|| format!("{key} {value}"))
 }
 
 /// SIGKILLs the `ctr run` of `id` (after the checks that gave `result`),
@@ -118,10 +118,13 @@ fn cgroup_placement_limits_stats_and_removal() -> Result<()> {
             "not in its cgroup before exec: {line}"
         );
 
-        // Stats report what the guest allocated (40 MiB touched).
+        // Stats report the limit, and what the guest allocated (40 MiB
+        // touched).
+        let reported = metric(&cd, id, "memory.limit_in_bytes")?;
+        ensure!(reported == limit, "ctr tasks metrics: limit {reported}");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let usage = memory_usage(&cd, id)?;
+            let usage = metric(&cd, id, "memory.usage_in_bytes")?;
             if usage >= 40 << 20 {
                 break;
             }

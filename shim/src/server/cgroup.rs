@@ -10,8 +10,9 @@ use cgroups_rs::fs::cpuacct::CpuAcctController;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::{hierarchies, Cgroup, Controller};
 use cgroups_rs::CgroupPid;
-use containerd_shim::protos::cgroups::metrics::Metrics;
+use containerd_shim::protos::cgroups::metrics::{MemoryEntry, Metrics};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::MessageField;
 use oci_spec::runtime::LinuxResources;
 
 /// What went wrong with a container's cgroup.
@@ -270,8 +271,31 @@ fn complete_v1_metrics(cgroup: &Cgroup, m: &mut Metrics) {
         throttling.throttled_time = counter(&stat, "throttled_time").unwrap_or(0);
     }
     if let Some(mem) = cgroup.controller_of::<MemController>() {
-        let s = mem.memory_stat().stat;
+        let memory = mem.memory_stat();
+        let swap = mem.memswap();
+        let kernel = mem.kmem_stat();
         let out = m.memory.mut_or_insert_default();
+        // The usage entries with their limits, maxima and failure counts
+        // (`ctr tasks metrics` prints memory.limit_in_bytes from here).
+        out.usage = MessageField::some(entry(
+            memory.usage_in_bytes,
+            memory.max_usage_in_bytes,
+            memory.fail_cnt,
+            memory.limit_in_bytes,
+        ));
+        out.swap = MessageField::some(entry(
+            swap.usage_in_bytes,
+            swap.max_usage_in_bytes,
+            swap.fail_cnt,
+            swap.limit_in_bytes,
+        ));
+        out.kernel = MessageField::some(entry(
+            kernel.usage_in_bytes,
+            kernel.max_usage_in_bytes,
+            kernel.fail_cnt,
+            kernel.limit_in_bytes,
+        ));
+        let s = memory.stat;
         out.cache = s.cache;
         out.rss = s.rss;
         out.rss_huge = s.rss_huge;
@@ -304,6 +328,18 @@ fn complete_v1_metrics(cgroup: &Cgroup, m: &mut Metrics) {
         out.total_inactive_file = s.total_inactive_file;
         out.total_active_file = s.total_active_file;
         out.total_unevictable = s.total_unevictable;
+    }
+}
+
+/// A v1 memory counter as containerd's metrics carry it (a limit below 0
+/// cannot be set; "no limit" is the kernel's largest value).
+fn entry(usage: u64, max: u64, failcnt: u64, limit: i64) -> MemoryEntry {
+    MemoryEntry {
+        usage,
+        max,
+        failcnt,
+        limit: u64::try_from(limit).unwrap_or(0),
+        ..Default::default()
     }
 }
 
@@ -411,6 +447,83 @@ mod tests {
         assert_eq!(m.pids.limit, 64);
         assert_eq!(m.memory_events.oom_kill, 2);
         assert_eq!(cg.oom_kills(), 2);
+    }
+
+    /// A cgroup v1 hierarchy of fixture files: the memory controller only.
+    #[derive(Debug)]
+    struct FixtureV1(PathBuf);
+
+    impl Hierarchy for FixtureV1 {
+        fn subsystems(&self) -> Vec<Subsystem> {
+            let root = self.0.join("memory");
+            vec![Subsystem::Mem(MemController::new(
+                root,
+                PathBuf::new(),
+                false,
+            ))]
+        }
+        fn root(&self) -> PathBuf {
+            self.0.clone()
+        }
+        fn root_control_group(&self) -> Cgroup {
+            Cgroup::load(Box::new(FixtureV1(self.0.clone())), "")
+        }
+        fn parent_control_group(&self, path: &str) -> Cgroup {
+            let parent = std::path::Path::new(path)
+                .parent()
+                .unwrap_or(std::path::Path::new(""));
+            Cgroup::load(Box::new(FixtureV1(self.0.clone())), parent)
+        }
+        fn v2(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn v1_stats_carry_the_memory_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let rel = "default/c1";
+        let cg_dir = dir.path().join("memory").join(rel);
+        std::fs::create_dir_all(&cg_dir).unwrap();
+        for (name, text) in [
+            ("memory.limit_in_bytes", "268435456\n"),
+            ("memory.usage_in_bytes", "41943040\n"),
+            ("memory.max_usage_in_bytes", "50331648\n"),
+            ("memory.failcnt", "3\n"),
+            ("memory.memsw.limit_in_bytes", "536870912\n"),
+            ("memory.memsw.usage_in_bytes", "41943040\n"),
+            ("memory.kmem.usage_in_bytes", "1048576\n"),
+            ("memory.kmem.limit_in_bytes", "9223372036854771712\n"),
+            (
+                "memory.stat",
+                "cache 4096\nrss 41938944\npgfault 12\npgmajfault 1\n",
+            ),
+            (
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+            ),
+        ] {
+            std::fs::write(cg_dir.join(name), text).unwrap();
+        }
+        let cg = ContainerCgroup {
+            id: "c1".into(),
+            path: rel.into(),
+            cgroup: Cgroup::load(Box::new(FixtureV1(dir.path().to_path_buf())), rel),
+            owned: false,
+        };
+        let any = cg.stats().expect("stats of a v1 fixture");
+        assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
+        let m = Metrics::parse_from_bytes(&any.value).unwrap();
+        let usage = &m.memory.usage;
+        assert_eq!(usage.limit, 268_435_456, "{m:?}");
+        assert_eq!(
+            (usage.usage, usage.max, usage.failcnt),
+            (41_943_040, 50_331_648, 3)
+        );
+        assert_eq!(m.memory.swap.limit, 536_870_912);
+        assert_eq!(m.memory.kernel.usage, 1_048_576);
+        assert_eq!(m.memory.rss, 41_938_944);
+        assert_eq!(m.memory.pg_maj_fault, 1);
     }
 
     #[test]

@@ -373,12 +373,15 @@ mod tests {
     use std::io::Read;
 
     /// Where this machine mounts a cgroup filesystem of type `fstype` (with
-    /// mount option `option`, when given), when running as root.
-    fn cgroup_mount(fstype: &str, option: Option<&str>) -> Option<std::path::PathBuf> {
-        if !nix::unistd::Uid::effective().is_root() {
-            return None;
-        }
-        let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    /// mount option `option`, when given). These tests need root, and are
+    /// `#[ignore]`d so that a run as any other user does not pass them
+    /// while skipping them: `make test` runs them when it runs as root.
+    fn cgroup_mount(fstype: &str, option: Option<&str>) -> std::path::PathBuf {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test needs root (cgroup directories)"
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
         mounts
             .lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
@@ -388,11 +391,12 @@ mod tests {
                     && option.is_none_or(|o| f[3].split(',').any(|have| have == o))
             })
             .map(|f| std::path::PathBuf::from(f[1]))
+            .unwrap_or_else(|| panic!("this machine has no {fstype} mount with {option:?}"))
     }
 
     /// A cgroup v2 mount of this machine (the unified one, or the hybrid
-    /// layout's `unified`), when running as root.
-    fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    /// layout's `unified`).
+    fn cgroup2_mount() -> std::path::PathBuf {
         cgroup_mount("cgroup2", None)
     }
 
@@ -427,11 +431,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root and a cgroup v2 mount (make test runs it as root)"]
     fn born_in_a_cgroup_v2_directory_with_its_stdio_and_control_socket() {
-        let Some(mount) = cgroup2_mount() else {
-            eprintln!("skipped: no cgroup v2 mount, or not root");
-            return;
-        };
+        let mount = cgroup2_mount();
         let name = format!("wasmpod-birth-test-{}", std::process::id());
         let dir = mount.join(&name);
         std::fs::create_dir(&dir).unwrap();
@@ -454,11 +456,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root and a cgroup v2 mount (make test runs it as root)"]
     fn exec_failure_and_a_directory_that_is_not_a_cgroup() {
-        let Some(mount) = cgroup2_mount() else {
-            eprintln!("skipped: no cgroup v2 mount, or not root");
-            return;
-        };
+        let mount = cgroup2_mount();
         let null = File::open("/dev/null").unwrap();
         let (_ours, theirs) = UnixStream::pair().unwrap();
         let cwd = tempfile::tempdir().unwrap();
@@ -499,18 +499,15 @@ mod tests {
         }
     }
 
-    /// A cgroup v1 hierarchy of this machine mounted for `controller`, when
-    /// running as root.
-    fn cgroup1_mount(controller: &str) -> Option<std::path::PathBuf> {
+    /// A cgroup v1 hierarchy of this machine mounted for `controller`.
+    fn cgroup1_mount(controller: &str) -> std::path::PathBuf {
         cgroup_mount("cgroup", Some(controller))
     }
 
     #[test]
+    #[ignore = "needs root and cgroup v1 hierarchies (make test runs it as root)"]
     fn a_cgroup_v1_child_moves_itself_before_it_execs() {
-        let (Some(pids), Some(freezer)) = (cgroup1_mount("pids"), cgroup1_mount("freezer")) else {
-            eprintln!("skipped: no cgroup v1 pids and freezer hierarchies, or not root");
-            return;
-        };
+        let (pids, freezer) = (cgroup1_mount("pids"), cgroup1_mount("freezer"));
         let name = format!("wasmpod-v1-birth-test-{}", std::process::id());
         let dirs = [pids.join(&name), freezer.join(&name)];
         let tasks: Vec<File> = dirs
@@ -538,11 +535,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root and cgroup v1 hierarchies (make test runs it as root)"]
     fn a_cgroup_v1_child_that_cannot_join_reports_it() {
-        let Some(cpuset) = cgroup1_mount("cpuset") else {
-            eprintln!("skipped: no cgroup v1 cpuset hierarchy, or not root");
-            return;
-        };
+        let cpuset = cgroup1_mount("cpuset");
         // a new cpuset has no CPUs: the kernel refuses to move a task there
         let dir = cpuset.join(format!("wasmpod-v1-refused-{}", std::process::id()));
         std::fs::create_dir(&dir).unwrap();
