@@ -23,6 +23,7 @@
 //! - [`containerd`]: the private containerd and the `ctr` wrappers,
 //! - [`cri`]: its CRI plugin (CNI, pause image) and a CRI client, as kubelet,
 //! - [`leftovers`]: what "nothing left behind" means, and how it is checked,
+//! - [`dns`]: a small DNS server on the pod network, for name lookups,
 //! - [`guests`]: building the Wasm guest programs under `e2e/guests`,
 //! - [`images`]: OCI image-layout tars for `ctr images import`,
 //! - [`http_client`]: one-shot HTTP GETs for the tests,
@@ -42,6 +43,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod dns;
 pub mod guests;
 pub mod http_client;
 pub mod images;

@@ -28,4 +28,5 @@ pub mod image;
 pub mod layout;
 pub mod plan;
 pub mod reference;
+pub mod spec_check;
 pub mod wasm;

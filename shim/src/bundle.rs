@@ -4,6 +4,9 @@
 //! server to ask).
 
 use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::{Error, Result};
 
 /// The container's OCI runtime spec, written by containerd.
 pub const SPEC_FILE: &str = "config.json";
@@ -29,6 +32,20 @@ pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// container, `container` for the others). Where it is present, a container
 /// whose entry point is not WebAssembly runs through runc.
 pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+
+/// Reads the spec of container `id` from `bundle`. Where the typed spec
+/// refuses a value, the error names the field that holds it.
+pub fn load_spec(id: &str, bundle: &Path) -> Result<oci_spec::runtime::Spec> {
+    let path = bundle.join(SPEC_FILE);
+    oci_spec::runtime::Spec::load(&path).map_err(|source| Error::Spec {
+        id: id.to_owned(),
+        field: std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| wasmpod_oci::spec_check::explain(&bytes)),
+        path,
+        source,
+    })
+}
 
 /// The server group of a container: its pod's sandbox id (CRI's annotation
 /// in the spec `spec`), else its own id.

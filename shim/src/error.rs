@@ -36,13 +36,22 @@ pub enum Error {
     /// The process has already exited (containerd treats this as done for Kill).
     #[error("container {id}: process already finished")]
     ProcessFinished { id: String },
-    /// The bundle's `config.json` could not be read or parsed.
-    #[error("container {id}: invalid OCI spec {path}: {source}")]
+    /// The bundle's `config.json` could not be read or parsed; `field`
+    /// names where a value the spec refuses is, when that can be told.
+    #[error("container {id}: invalid OCI spec {path}: {}", field.as_deref().map_or_else(|| source.to_string(), |f| format!("{f} ({source})")))]
     Spec {
         id: String,
         path: PathBuf,
+        field: Option<String>,
         #[source]
         source: oci_spec::OciSpecError,
+    },
+    /// `linux.seccomp` cannot be compiled into a filter.
+    #[error("container {id}: {source}")]
+    Seccomp {
+        id: String,
+        #[source]
+        source: crate::server::seccomp::SeccompError,
     },
     /// The spec cannot be run as a Wasm container.
     #[error("container {id}: invalid spec: {source}")]
@@ -212,12 +221,8 @@ pub enum RequestError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("runtime options ({type_url}): {source}")]
-    Options {
-        type_url: String,
-        #[source]
-        source: containerd_shim::protos::protobuf::Error,
-    },
+    #[error("runtime options: {0}")]
+    Options(#[source] crate::server::options::OptionsError),
 }
 
 impl Error {
@@ -228,6 +233,7 @@ impl Error {
             Error::AlreadyExists { .. } => Code::ALREADY_EXISTS,
             Error::State { .. } => Code::FAILED_PRECONDITION,
             Error::Spec { .. }
+            | Error::Seccomp { .. }
             | Error::Plan { .. }
             | Error::Request { .. }
             | Error::Artifact { .. } => Code::INVALID_ARGUMENT,
@@ -306,8 +312,25 @@ mod tests {
                 Error::Spec {
                     id: id(),
                     path: "/b/config.json".into(),
+                    field: None,
                     source: spec_err,
                 },
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                Error::Seccomp {
+                    id: id(),
+                    source: crate::server::seccomp::SeccompError::Notify,
+                },
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                Error::request(
+                    id(),
+                    RequestError::Options(crate::server::options::OptionsError::SystemdCgroup {
+                        what: "ConfigBody".into(),
+                    }),
+                ),
                 Code::INVALID_ARGUMENT,
             ),
             (
@@ -468,9 +491,10 @@ mod tests {
             Error::Containerd { .. } => 17,
             Error::Blocking { .. } => 18,
             Error::Unsupported(_) => 19,
+            Error::Seccomp { .. } => 20,
         };
         let seen: std::collections::BTreeSet<_> = table.iter().map(|(e, _)| index(e)).collect();
-        assert_eq!(seen.len(), 20, "a variant has no row: {seen:?}");
+        assert_eq!(seen.len(), 21, "a variant has no row: {seen:?}");
         for (err, code) in table {
             let msg = err.to_string();
             assert!(msg.contains("c1") || msg.contains("Checkpoint"), "{msg}");

@@ -14,5 +14,6 @@ mod installer;
 mod network;
 mod pods;
 mod sandbox;
+mod security_context;
 mod shim;
 mod task_api;

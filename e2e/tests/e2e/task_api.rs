@@ -847,17 +847,34 @@ fn racing_requests_on_one_task_have_one_winner() -> Result<()> {
     })
 }
 
+/// The mount options of `/` in the mount namespace of process `pid`.
+fn root_mount_options(pid: u32) -> Result<String> {
+    let info = fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    info.lines()
+        .rev()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&"/")).then(|| f.get(5).map(|o| (*o).to_owned()))?
+        })
+        .next()
+        .with_context(|| format!("no / in /proc/{pid}/mountinfo"))
+}
+
 /// Bundles no runtime should run: each Create is refused with an error that
 /// names the container and what is wrong, and leaves no runner, cgroup or
 /// mount behind; the shim goes on serving its other task.
 #[test]
 fn bad_bundles_are_refused_with_clear_errors() -> Result<()> {
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
     type Edit = Box<dyn FnOnce(&mut Value) -> Result<()>>;
+    // sets (or adds) the field at `pointer`, whose parent must exist
     let set = |pointer: &'static str, value: Value| -> Edit {
         Box::new(move |spec: &mut Value| {
-            *spec
-                .pointer_mut(pointer)
-                .with_context(|| format!("spec has no {pointer}"))? = value;
+            let (parent, key) = pointer.rsplit_once('/').context("a pointer")?;
+            spec.pointer_mut(parent)
+                .and_then(Value::as_object_mut)
+                .with_context(|| format!("spec has no {parent}"))?
+                .insert(key.to_owned(), value);
             Ok(())
         })
     };
@@ -874,9 +891,77 @@ fn bad_bundles_are_refused_with_clear_errors() -> Result<()> {
                 &["cgroupsPath", "../../etc"],
             ),
             (
-                "cgsyntax",
-                set("/linux/cgroupsPath", json!("a:b")),
-                &["cgroupsPath", "a:b"],
+                "unknowncap",
+                set(
+                    "/process/capabilities",
+                    json!({"bounding": ["CAP_CHOWN", "CAP_NOPE"]}),
+                ),
+                &["process.capabilities.bounding[1]", "CAP_NOPE"],
+            ),
+            (
+                "seccompaction",
+                set("/linux/seccomp", json!({"defaultAction": "SCMP_ACT_NOPE"})),
+                &["linux.seccomp.defaultAction", "SCMP_ACT_NOPE"],
+            ),
+            (
+                "seccomparch",
+                set(
+                    "/linux/seccomp",
+                    json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_NOPE"]}),
+                ),
+                &["linux.seccomp.architectures[0]", "SCMP_ARCH_NOPE"],
+            ),
+            (
+                "seccompnotify",
+                set(
+                    "/linux/seccomp",
+                    json!({"defaultAction": "SCMP_ACT_ALLOW",
+                        "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_NOTIFY"}]}),
+                ),
+                &["linux.seccomp", "SCMP_ACT_NOTIFY"],
+            ),
+            (
+                "rlimit",
+                set(
+                    "/process/rlimits",
+                    json!([{"type": "RLIMIT_NOPE", "soft": 1, "hard": 1}]),
+                ),
+                &["process.rlimits[0].type", "RLIMIT_NOPE"],
+            ),
+            (
+                "sysctl",
+                set("/linux/sysctl", json!({"vm.swappiness": "10"})),
+                &["linux.sysctl", "vm.swappiness"],
+            ),
+            (
+                "oomscore",
+                set("/process/oomScoreAdj", json!(2000)),
+                &["oomScoreAdj", "2000"],
+            ),
+            (
+                "apparmor",
+                set("/process/apparmorProfile", json!("wasmpod-nope")),
+                &["apparmorProfile", "wasmpod-nope"],
+            ),
+            (
+                "bindsrc",
+                Box::new(|spec: &mut Value| {
+                    spec["mounts"]
+                        .as_array_mut()
+                        .context("mounts")?
+                        .push(json!({
+                            "destination": "/data",
+                            "type": "bind",
+                            "source": "/nonexistent/wasmpod-bind-source",
+                            "options": ["rbind", "ro"]
+                        }));
+                    Ok(())
+                }),
+                &[
+                    "/data",
+                    "/nonexistent/wasmpod-bind-source",
+                    "does not exist",
+                ],
             ),
             (
                 "mountsrc",
@@ -920,13 +1005,57 @@ fn bad_bundles_are_refused_with_clear_errors() -> Result<()> {
                 &["process"],
             ),
         ];
+        // What containerd's runtime options say, read as the handler's
+        // options table (`runtimeoptions.v1.Options`: a ConfigPath, or the
+        // table itself as ConfigBody).
+        let runtime_options = |path: &str, body: &str| {
+            let mut value = Vec::new();
+            for (tag, data) in [(0x12u8, path.as_bytes()), (0x1a, body.as_bytes())] {
+                if !data.is_empty() {
+                    value.push(tag);
+                    value.push(u8::try_from(data.len()).expect("short"));
+                    value.extend_from_slice(data);
+                }
+            }
+            Any {
+                type_url: "runtimeoptions.v1.Options".into(),
+                value,
+                ..Default::default()
+            }
+        };
+        let with_options: Vec<(&str, Edit, Any, &[&str])> = vec![
+            (
+                "systemdpath",
+                set("/linux/cgroupsPath", json!("a:b")),
+                runtime_options("", "SystemdCgroup = true\n"),
+                &["cgroupsPath", "a:b", "slice:prefix:name"],
+            ),
+            (
+                "configpath",
+                Box::new(|_: &mut Value| Ok(())),
+                runtime_options("/nonexistent/wasmpod-runtime.toml", ""),
+                &[
+                    "runtime options",
+                    "ConfigPath /nonexistent/wasmpod-runtime.toml",
+                ],
+            ),
+        ];
+        let cases = cases
+            .into_iter()
+            .map(|(name, edit, needles)| (name, edit, needles, None))
+            .chain(
+                with_options
+                    .into_iter()
+                    .map(|(name, edit, any, needles)| (name, edit, needles, Some(any))),
+            );
         let mut ids = Vec::new();
-        for (name, edit, needles) in cases {
+        for (name, edit, needles, options) in cases {
             let id = format!("{host}-{name}");
             let bundle = foreign_bundle_with(cd, host, &id, edit)?;
             let req = api::CreateTaskRequest {
                 id: id.clone(),
                 bundle: bundle.to_string_lossy().into_owned(),
+                options: options.into(),
                 ..Default::default()
             };
             let err = match shim.client.create(ctx(), &req) {
@@ -1098,7 +1227,8 @@ fn device_nodes_in_the_rootfs_cannot_be_opened() -> Result<()> {
                 rootfs: vec![mount],
                 ..Default::default()
             };
-            shim.client
+            let created = shim
+                .client
                 .create(ctx(), &req)
                 .with_context(|| format!("Create {id}"))?;
             let options = wasmpod_e2e::leftovers::mount_options(&bundle.join("rootfs"))?
@@ -1108,9 +1238,11 @@ fn device_nodes_in_the_rootfs_cannot_be_opened() -> Result<()> {
                 options.contains(&"nodev"),
                 "{id}: rootfs mounted {options:?}"
             );
+            // read-only where the container sees it: its own mount namespace
+            let root = root_mount_options(created.pid)?;
             ensure!(
-                options.contains(&"ro") == readonly,
-                "{id}: rootfs mounted {options:?} (read-only: {readonly})"
+                root.split(',').any(|o| o == "ro") == readonly,
+                "{id}: the container's / is mounted {root:?} (read-only: {readonly})"
             );
             shim.start(&id)?;
             let waited = shim.wait(&id)?;

@@ -13,8 +13,9 @@ use log::warn;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::bundle::{ADDRESS_FILE, PID_FILE, ROOTFS_DIR, SPEC_FILE};
+use crate::bundle::{ADDRESS_FILE, PID_FILE, ROOTFS_DIR};
 use crate::exit::{timestamp, KILLED};
+use crate::server::cgroup::Base;
 use crate::server::rootfs;
 
 /// The `delete` action: the shim that served this bundle is gone (crashed or
@@ -28,25 +29,34 @@ pub fn delete_action(flags: &Flags) -> anyhow::Result<()> {
         PathBuf::from(&flags.bundle)
     };
     let mut pid = 0;
-    let mut runner = false;
+    let mut runner = None;
     if let Ok(text) = std::fs::read_to_string(bundle.join(PID_FILE)) {
         if let Ok(p) = text.trim().parse::<i32>() {
             pid = p;
             if crate::control::is_runner(p, &flags.id) {
-                runner = true;
+                // where it is tells where a relative cgroup path was read
+                runner =
+                    Some(std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default());
                 let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
                 wait_gone(p);
             }
         }
     }
-    // The Wasm container's cgroup was the shim's to remove.
-    if runner {
-        let cgroup = oci_spec::runtime::Spec::load(bundle.join(SPEC_FILE))
+    // The Wasm container's cgroup was the shim's to remove. The driver does
+    // not matter here: a systemd path reads the same either way, and a
+    // relative one is found from the runner.
+    if let Some(member) = runner {
+        let plan = crate::bundle::load_spec(&flags.id, &bundle)
             .ok()
-            .and_then(|spec| wasmpod_oci::plan::RunPlan::from_spec(&spec, &bundle).ok())
-            .and_then(|plan| plan.cgroup);
-        if let Some(path) = cgroup {
-            let _ = crate::server::cgroup::ContainerCgroup::adopt(&flags.id, &path)
+            .and_then(|spec| wasmpod_oci::plan::RunPlan::from_spec(&spec, &bundle).ok());
+        if let Some(path) = plan.as_ref().and_then(|p| p.cgroup.as_ref()) {
+            let relative = plan.as_ref().is_some_and(|p| p.cgroup_relative);
+            let base = if relative {
+                Base::from_member(&member, path)
+            } else {
+                Base::Root
+            };
+            let _ = crate::server::cgroup::ContainerCgroup::adopt(&flags.id, path, &base)
                 .map(|cg| cg.remove());
         }
     }

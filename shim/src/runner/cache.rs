@@ -88,10 +88,36 @@ pub trait Artifact: Sized {
     fn load(engine: &Engine, file: &std::fs::File) -> wasmtime::Result<Self>;
 }
 
+/// Runs `compile` on a thread pool of its own, ended (and its threads
+/// gone) before this returns: the runner changes its credentials after the
+/// load, and credentials are per thread, so no compiler thread may outlive
+/// it. A pool that cannot start compiles on this thread.
+fn compile_in_own_pool<T: Send>(compile: impl FnOnce() -> T + Send) -> T {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
+    let (done, exited) = std::sync::mpsc::channel();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .exit_handler(move |_| {
+            let _ = done.send(());
+        })
+        .build();
+    let Ok(pool) = pool else {
+        return compile();
+    };
+    let out = pool.install(compile);
+    drop(pool);
+    for _ in 0..threads {
+        if exited.recv_timeout(Duration::from_secs(10)).is_err() {
+            break;
+        }
+    }
+    out
+}
+
 impl Artifact for Module {
     const SUFFIX: &'static str = "cwasm";
     fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Self> {
-        Module::new(engine, wasm)
+        compile_in_own_pool(|| Module::new(engine, wasm))
     }
     fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
         Module::serialize(self)
@@ -104,7 +130,7 @@ impl Artifact for Module {
 impl Artifact for Component {
     const SUFFIX: &'static str = "ccwasm";
     fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Self> {
-        Component::new(engine, wasm)
+        compile_in_own_pool(|| Component::new(engine, wasm))
     }
     fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
         Component::serialize(self)

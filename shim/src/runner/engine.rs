@@ -26,6 +26,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::control::WasmFile;
 use crate::runner::cache::{self, CacheConfig};
+use crate::runner::sandbox::GuestFs;
 use crate::sys;
 
 /// Exit code of a guest that trapped (128 + SIGABRT, like the wasmtime CLI).
@@ -115,7 +116,17 @@ impl WasiView for ComponentHost {
     }
 }
 
-enum Loaded {
+/// A compiled and linked workload, before its WASI context exists.
+enum Linked {
+    Module(InstancePre<ModuleHost>),
+    Component(CommandPre<ComponentHost>),
+    /// A `wasi:http/incoming-handler` component, served (see
+    /// [`crate::runner::http`]).
+    Http(wasmtime_wasi_http::p2::bindings::ProxyPre<crate::runner::http::HttpHost>),
+}
+
+/// The workload and the world it runs in, ready to run.
+enum Ready {
     Module {
         pre: InstancePre<ModuleHost>,
         ctx: WasiP1Ctx,
@@ -124,18 +135,16 @@ enum Loaded {
         pre: CommandPre<ComponentHost>,
         ctx: WasiCtx,
     },
-    /// A `wasi:http/incoming-handler` component, served (see [`crate::http`]).
     Http {
         pre: wasmtime_wasi_http::p2::bindings::ProxyPre<crate::runner::http::HttpHost>,
         plan: Box<RunPlan>,
+        guest: std::sync::Arc<GuestFs>,
     },
 }
 
-/// A workload that is compiled, linked and has its WASI context built:
-/// all that is left is to run it.
-pub struct Prepared {
-    engine: Engine,
-    loaded: Loaded,
+/// What loading found and did, for the `ready` reply and the log.
+#[derive(Debug)]
+pub struct LoadInfo {
     /// Guest path the entry point resolved to.
     pub entrypoint: String,
     /// Whether it is a module or a component.
@@ -148,8 +157,25 @@ pub struct Prepared {
     pub warnings: Vec<String>,
     /// How long each step of the load took.
     pub spans: crate::spans::Spans,
+}
+
+/// A workload that is compiled and linked (as root, before the runner
+/// gives up its privileges); its WASI context comes later, once the
+/// runner is the spec's user.
+pub struct Loaded {
+    engine: Engine,
+    linked: Linked,
+    pub info: LoadInfo,
     /// Most bytes each linear memory of the guest may
     /// grow to; `memory.grow` beyond it fails and returns -1 to the guest.
+    memory_budget: Option<usize>,
+}
+
+/// A workload that is compiled, linked and has its WASI context built:
+/// all that is left is to run it.
+pub struct Prepared {
+    engine: Engine,
+    ready: Ready,
     memory_budget: Option<usize>,
 }
 
@@ -161,33 +187,35 @@ pub fn engine() -> Result<Engine, LoadError> {
     Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))
 }
 
-/// Finds, compiles and links the plan's entry point and builds its WASI
-/// context. Nothing of the guest runs yet.
-///
-/// The entry point is `wasm` when given (a layer of a Wasm artifact the shim
-/// wrote out), else `args[0]` resolved inside the rootfs.
-pub fn prepare(
+/// Reads a Wasm artifact's layer the shim wrote out: its guest name and
+/// bytes.
+pub fn read_layer(w: &WasmFile) -> Result<(String, Vec<u8>), LoadError> {
+    let bytes = std::fs::read(&w.path).map_err(|source| LoadError::Read {
+        path: w.name.clone(),
+        source,
+    })?;
+    Ok((w.name.clone(), bytes))
+}
+
+/// Opens the directory `args[0]` is resolved in (the rootfs, or `/` in
+/// the container's mount namespace): by the runner, since the path to it
+/// is the node's, not the container's.
+pub fn open_root(root: &Path) -> Result<File, LoadError> {
+    File::open(root).map_err(|source| LoadError::Rootfs {
+        path: root.to_owned(),
+        source,
+    })
+}
+
+/// Compiles (or maps from the module cache) and links the workload.
+/// Nothing of the guest runs yet.
+pub fn load(
     plan: &RunPlan,
     cache: Option<&CacheConfig>,
-    wasm: Option<&WasmFile>,
-) -> Result<Prepared, LoadError> {
+    entrypoint: String,
+    bytes: Vec<u8>,
+) -> Result<Loaded, LoadError> {
     let mut spans = crate::spans::Spans::new();
-    let (entrypoint, bytes) = match wasm {
-        Some(w) => {
-            let bytes = std::fs::read(&w.path).map_err(|source| LoadError::Read {
-                path: w.name.clone(),
-                source,
-            })?;
-            (w.name.clone(), bytes)
-        }
-        None => {
-            let root = File::open(&plan.root.path).map_err(|source| LoadError::Rootfs {
-                path: plan.root.path.clone(),
-                source,
-            })?;
-            read_entrypoint(&root, plan)?
-        }
-    };
     let kind = match classify(&bytes) {
         Some(kind) => kind,
         None => {
@@ -208,7 +236,6 @@ pub fn prepare(
     };
     let http_mode =
         kind == WasmKind::Component && crate::runner::http::exports_incoming_handler(&bytes);
-    spans.mark("read");
     let (engine, http) = if http_mode {
         let limit = plan.memory_limit.and_then(|l| usize::try_from(l).ok());
         let (e, alloc) =
@@ -226,10 +253,9 @@ pub fn prepare(
         path: entrypoint.clone(),
         reason: format!("{e:#}"),
     };
-    let mut builder = wasi_builder(plan)?;
     let mut warnings = Vec::new();
     let outcome;
-    let loaded = match kind {
+    let linked = match kind {
         WasmKind::Module => {
             let (module, o) =
                 cache::load::<Module>(cache, &engine, &bytes, &mut |w| warnings.push(w))
@@ -245,11 +271,7 @@ pub fn prepare(
             let mut linker: Linker<ModuleHost> = Linker::new(&engine);
             wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |h: &mut ModuleHost| &mut h.wasi)
                 .map_err(link_err)?;
-            let pre = linker.instantiate_pre(&module).map_err(link_err)?;
-            Loaded::Module {
-                pre,
-                ctx: builder.build_p1(),
-            }
+            Linked::Module(linker.instantiate_pre(&module).map_err(link_err)?)
         }
         WasmKind::Component if http_mode => {
             let (component, o) =
@@ -257,14 +279,9 @@ pub fn prepare(
                     .map_err(compile_err)?;
             outcome = o;
             spans.mark("cache");
-            let pre =
-                crate::runner::http::pre_instantiate(&engine, &component).map_err(link_err)?;
-            // Built per request; checked once here so bad mounts fail Create.
-            drop(builder);
-            Loaded::Http {
-                pre,
-                plan: Box::new(plan.clone()),
-            }
+            Linked::Http(
+                crate::runner::http::pre_instantiate(&engine, &component).map_err(link_err)?,
+            )
         }
         WasmKind::Component => {
             let (component, o) =
@@ -277,36 +294,71 @@ pub fn prepare(
             // that use it keep their code; plain `exit` is only ok or err.
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_err)?;
             let pre = linker.instantiate_pre(&component).map_err(link_err)?;
-            let pre = CommandPre::new(pre).map_err(link_err)?;
-            builder.initial_cwd(&plan.cwd);
-            Loaded::Component {
-                pre,
-                ctx: builder.build(),
-            }
+            Linked::Component(CommandPre::new(pre).map_err(link_err)?)
         }
     };
     spans.mark("link");
+    drop(bytes);
     // Measured last: what the runner already holds (engine, compiled code)
     // is not the guest's to use.
     let memory_budget = plan.memory_limit.map(memory_budget);
     if memory_budget.is_some() {
         spans.mark("budget");
     }
-    Ok(Prepared {
-        spans,
+    Ok(Loaded {
         engine,
-        loaded,
-        entrypoint,
-        kind,
-        http,
-        cache_outcome: match outcome {
-            cache::Outcome::Hit => "hit",
-            cache::Outcome::Stored => "stored",
-            cache::Outcome::Compiled => "compiled",
+        linked,
+        info: LoadInfo {
+            entrypoint,
+            kind,
+            http,
+            cache_outcome: match outcome {
+                cache::Outcome::Hit => "hit",
+                cache::Outcome::Stored => "stored",
+                cache::Outcome::Compiled => "compiled",
+            },
+            warnings,
+            spans,
         },
-        warnings,
         memory_budget,
     })
+}
+
+impl Loaded {
+    /// Builds the guest's WASI context, its preopens `guest` opened now (by
+    /// the spec's user, once the runner is it).
+    pub fn with_guest(
+        self,
+        plan: &RunPlan,
+        guest: GuestFs,
+    ) -> Result<(Prepared, LoadInfo), LoadError> {
+        let mut builder = wasi_builder(plan, &guest)?;
+        let ready = match self.linked {
+            Linked::Module(pre) => Ready::Module {
+                pre,
+                ctx: builder.build_p1(),
+            },
+            Linked::Component(pre) => {
+                builder.initial_cwd(&plan.cwd);
+                Ready::Component {
+                    pre,
+                    ctx: builder.build(),
+                }
+            }
+            // built per request; checked once here so bad mounts fail Create
+            Linked::Http(pre) => Ready::Http {
+                pre,
+                plan: Box::new(plan.clone()),
+                guest: std::sync::Arc::new(guest),
+            },
+        };
+        let prepared = Prepared {
+            engine: self.engine,
+            ready,
+            memory_budget: self.memory_budget,
+        };
+        Ok((prepared, self.info))
+    }
 }
 
 /// Headroom left to the runner's own allocations after the guest starts
@@ -372,7 +424,7 @@ pub fn locate(plan: &RunPlan) -> Located {
     Located::Missing
 }
 
-fn read_entrypoint(root: &File, plan: &RunPlan) -> Result<(String, Vec<u8>), LoadError> {
+pub fn read_entrypoint(root: &File, plan: &RunPlan) -> Result<(String, Vec<u8>), LoadError> {
     let candidates = plan.entrypoint_candidates();
     for path in &candidates {
         let mut file = match sys::fs::open_in_root(root, path) {
@@ -406,11 +458,13 @@ fn read_entrypoint(root: &File, plan: &RunPlan) -> Result<(String, Vec<u8>), Loa
     })
 }
 
-fn wasi_builder(plan: &RunPlan) -> Result<WasiCtxBuilder, LoadError> {
+fn wasi_builder(plan: &RunPlan, guest: &GuestFs) -> Result<WasiCtxBuilder, LoadError> {
     let mut b = WasiCtxBuilder::new();
     // The runner already sits in the container's network namespace (or the
     // host's, when the spec asks for host networking, as with runc), so the
-    // guest may use wasi:sockets within it.
+    // guest may use wasi:sockets within it; names resolve with the files
+    // of the mount namespace it is in (the container's /etc/hosts and
+    // /etc/resolv.conf once it has pivoted).
     b.args(&plan.args)
         .envs(&plan.env)
         .inherit_stdio()
@@ -418,30 +472,25 @@ fn wasi_builder(plan: &RunPlan) -> Result<WasiCtxBuilder, LoadError> {
         .allow_tcp(true)
         .allow_udp(true)
         .allow_ip_name_lookup(true);
-    let perms = |ro: bool| {
-        if ro {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        }
-    };
-    preopen(&mut b, &plan.root.path, "/", perms(plan.root.readonly))?;
-    for m in &plan.binds {
-        // WASI preopens are directories; a file bind (e.g. /etc/hosts) has no
-        // preopen of its own.
-        if !Path::new(&m.source).is_dir() {
-            if !m.source.exists() {
+    for p in guest.preopens() {
+        // WASI preopens are directories; a file mount (e.g. /etc/hosts) has
+        // no preopen of its own.
+        if !p.host.is_dir() {
+            if !p.host.exists() {
                 return Err(LoadError::Preopen {
-                    host: m.source.clone(),
-                    guest: m.destination.clone(),
+                    host: p.host.clone(),
+                    guest: p.guest.clone(),
                     reason: "source does not exist".into(),
                 });
             }
             continue;
         }
-        // A read-only root makes every mount below it read-only as well
-        // only where the spec says so; mounts keep their own mode.
-        preopen(&mut b, &m.source, &m.destination, perms(m.readonly))?;
+        let perms = if p.readonly {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        preopen(&mut b, &p.host, &p.guest, perms)?;
     }
     Ok(b)
 }
@@ -465,8 +514,8 @@ impl Prepared {
     /// Runs the guest to completion and returns the process exit code. Error
     /// reports go to the container's stderr, prefixed with `id`.
     pub fn run(self, id: &str) -> i32 {
-        let code = match self.loaded {
-            Loaded::Module { pre, ctx } => {
+        let code = match self.ready {
+            Ready::Module { pre, ctx } => {
                 let host = ModuleHost {
                     wasi: ctx,
                     limits: limits(self.memory_budget),
@@ -482,7 +531,7 @@ impl Prepared {
                     Err(e) => error_exit_code(id, &e),
                 }
             }
-            Loaded::Component { pre, ctx } => {
+            Ready::Component { pre, ctx } => {
                 let host = ComponentHost {
                     ctx,
                     table: ResourceTable::new(),
@@ -499,9 +548,9 @@ impl Prepared {
                     Err(e) => error_exit_code(id, &e),
                 }
             }
-            Loaded::Http { pre, plan } => {
+            Ready::Http { pre, plan, guest } => {
                 let for_requests = plan.clone();
-                let make_ctx = Box::new(move || match wasi_builder(&for_requests) {
+                let make_ctx = Box::new(move || match wasi_builder(&for_requests, &guest) {
                     Ok(mut b) => b.build(),
                     // Checked at load; a mount that vanished since gives
                     // the request a context without preopens.

@@ -1,35 +1,48 @@
 //! The runner: the process that *is* a Wasm container.
 //!
 //! The shim starts its own binary in runner mode for every Wasm container
-//! (see `process`), so each container is a real Linux process with its own
-//! pid, signals and (later) cgroup, and a crash of one guest cannot touch the
-//! shim or its neighbours. The runner is single-threaded until the guest
-//! starts, which is what a later fork-based zygote needs too.
+//! (see `server/runner.rs`), so each container is a real Linux process with
+//! its own pid, signals, cgroup and namespaces, and a crash of one guest
+//! cannot touch the shim or its neighbours.
+//!
+//! What it does, in order (this function is the whole story):
+//! 1. read its [`RunRequest`] from the control socket (fd 3);
+//! 2. [`sandbox::before_load`]: `oomScoreAdj`, the namespaces, the mount
+//!    namespace set up below the rootfs (or the container's joined);
+//! 3. read the entry point as the spec's user and compile it or map it
+//!    from the node's module cache, as root ([`engine`]);
+//! 4. [`sandbox::after_load`]: `pivot_root`, the read-only and masked
+//!    paths, hostname, sysctls, `noNewPrivileges`, rlimits, the user and
+//!    its capabilities, the LSM profile;
+//! 5. build the guest's WASI context (its preopens opened by the user) and
+//!    reply `ready`;
+//! 6. on `start`: [`sandbox::before_guest`] (seccomp, last), then run.
 
 use std::io::BufReader;
 
 use crate::control::{self, FailureKind, Reply, RunRequest};
-use crate::sys;
+use crate::sys::{self, Linux};
 
 pub mod cache;
 pub mod engine;
 pub mod http;
 pub mod namespace;
+pub mod sandbox;
 
 /// Why a runner cannot get its workload ready.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     #[error(transparent)]
-    Namespace(namespace::NamespaceError),
+    Sandbox(#[from] sandbox::SandboxError),
     #[error(transparent)]
-    Load(engine::LoadError),
+    Load(#[from] engine::LoadError),
 }
 
 impl RunnerError {
     /// Whose fault it is, for the code containerd sees.
     pub fn kind(&self) -> FailureKind {
         match self {
-            RunnerError::Namespace(_) => FailureKind::Node,
+            RunnerError::Sandbox(e) => e.kind(),
             RunnerError::Load(e) => e.kind(),
         }
     }
@@ -60,16 +73,9 @@ pub fn main() -> i32 {
             return 2;
         }
     };
-    let id = req.id;
+    let id = req.id.clone();
     let mut spans = crate::spans::Spans::new();
-    let prepared = namespace::enter(&sys::Linux, &req.plan.namespaces)
-        .map_err(RunnerError::Namespace)
-        .and_then(|()| {
-            spans.mark("namespaces");
-            engine::prepare(&req.plan, req.cache.as_ref(), req.wasm.as_ref())
-                .map_err(RunnerError::Load)
-        });
-    let prepared = match prepared {
+    let prepared = match prepare(&req, &mut spans) {
         Ok(p) => p,
         Err(e) => {
             let message = e.to_string();
@@ -83,7 +89,8 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    let kind = match (prepared.kind, prepared.http) {
+    let (prepared, info) = prepared;
+    let kind = match (info.kind, info.http) {
         (wasmpod_oci::wasm::WasmKind::Module, _) => "module".to_owned(),
         (wasmpod_oci::wasm::WasmKind::Component, None) => "component".to_owned(),
         (wasmpod_oci::wasm::WasmKind::Component, Some(alloc)) => {
@@ -92,13 +99,10 @@ pub fn main() -> i32 {
     };
     let ready = Reply::Ready {
         kind,
-        entrypoint: prepared.entrypoint.clone(),
-        cache: prepared.cache_outcome.into(),
-        warnings: prepared.warnings.clone(),
-        timings: {
-            spans.extend("", prepared.spans.steps());
-            spans.into_steps()
-        },
+        entrypoint: info.entrypoint.clone(),
+        cache: info.cache_outcome.into(),
+        warnings: info.warnings.clone(),
+        timings: spans.into_steps(),
     };
     if control::send(&mut writer, &ready).is_err() {
         return 2;
@@ -111,5 +115,37 @@ pub fn main() -> i32 {
     }
     drop(reader);
     drop(writer);
+    if let Err(e) = sandbox::before_guest(&Linux, &req.plan) {
+        eprintln!("wasmpod: container {id}: {e}");
+        return 1;
+    }
     prepared.run(&id)
+}
+
+/// Steps 2–5: everything that can fail on a bad workload or spec, before
+/// `ready`.
+fn prepare(
+    req: &RunRequest,
+    spans: &mut crate::spans::Spans,
+) -> Result<(engine::Prepared, engine::LoadInfo), RunnerError> {
+    let sys = &Linux;
+    let plan = &req.plan;
+    let mounts = sandbox::before_load(sys, plan)?;
+    spans.mark("namespaces");
+    let (entrypoint, bytes) = match &req.wasm {
+        Some(layer) => engine::read_layer(layer)?,
+        None => {
+            // inside the root, permissions are the user's, as for an exec
+            let root = engine::open_root(mounts.load_root(plan))?;
+            sandbox::process::as_user(sys, plan, || engine::read_entrypoint(&root, plan))??
+        }
+    };
+    spans.mark("read");
+    let loaded = engine::load(plan, req.cache.as_ref(), entrypoint, bytes)?;
+    spans.extend("", loaded.info.spans.steps());
+    let guest = sandbox::after_load(sys, plan, mounts)?;
+    spans.mark("sandbox");
+    let prepared = loaded.with_guest(plan, guest)?;
+    spans.mark("context");
+    Ok(prepared)
 }

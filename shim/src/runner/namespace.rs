@@ -44,6 +44,7 @@ pub fn flag(kind: NamespaceKind) -> CloneFlags {
         NamespaceKind::Ipc => CloneFlags::CLONE_NEWIPC,
         NamespaceKind::Uts => CloneFlags::CLONE_NEWUTS,
         NamespaceKind::Pid => CloneFlags::CLONE_NEWPID,
+        NamespaceKind::Mount => CloneFlags::CLONE_NEWNS,
     }
 }
 

@@ -3,6 +3,7 @@
 //! read for `Stats`, removed on `Delete`. cgroup v1 and v2 alike (through
 //! `cgroups-rs`, which picks the node's hierarchy).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use cgroups_rs::fs::cpu::CpuController;
@@ -26,6 +27,8 @@ pub enum CgroupError {
     Update(#[source] Box<containerd_shim::Error>),
     #[error("does not exist")]
     Missing,
+    #[error("read the shim's own cgroup (a relative path is below it): {0}")]
+    Base(#[source] std::io::Error),
     #[error("join: {0}")]
     Join(#[source] std::io::Error),
     #[error("add pid {pid}: {source}")]
@@ -60,16 +63,95 @@ impl std::fmt::Debug for ContainerCgroup {
     }
 }
 
+/// What a cgroup path is below: each hierarchy's root, or the cgroups of a
+/// process (a relative cgroupfs path, read as runc reads one: below its own
+/// cgroups, which are the shim server's).
+#[derive(Debug, Clone)]
+pub enum Base {
+    Root,
+    /// Controller → path, as in `/proc/PID/cgroup` (`""` on cgroup v2).
+    Process(HashMap<String, String>),
+}
+
+impl Base {
+    /// The base of `path`: the shim server's own cgroups when `relative`.
+    pub fn of(relative: bool) -> std::io::Result<Base> {
+        if !relative {
+            return Ok(Base::Root);
+        }
+        Ok(Base::Process(parse_proc_cgroup(&std::fs::read_to_string(
+            "/proc/self/cgroup",
+        )?)))
+    }
+
+    /// The base the container's cgroup `relative` path was read against,
+    /// found from a process in it (`proc_cgroup`, its `/proc/PID/cgroup`):
+    /// the `delete` action's way after the server that created it died.
+    pub fn from_member(proc_cgroup: &str, relative: &str) -> Base {
+        let suffix = format!("/{}", relative.trim_matches('/'));
+        Base::Process(
+            parse_proc_cgroup(proc_cgroup)
+                .into_iter()
+                .map(|(k, v)| {
+                    let base = v.strip_suffix(&suffix).unwrap_or(&v).to_owned();
+                    (k, base)
+                })
+                .collect(),
+        )
+    }
+
+    fn load(&self, path: &str) -> Cgroup {
+        let hier = hierarchies::auto();
+        match self {
+            Base::Root => Cgroup::load(hier, path),
+            Base::Process(own) if hier.v2() => {
+                let own = own.get("").map_or("", |p| p.trim_matches('/'));
+                let full = if own.is_empty() {
+                    path.to_owned()
+                } else {
+                    format!("{own}/{path}")
+                };
+                Cgroup::load(hier, full)
+            }
+            Base::Process(own) => Cgroup::load_with_relative_paths(hier, path, own.clone()),
+        }
+    }
+}
+
+/// `/proc/PID/cgroup` → controller → path (each of a co-mounted line's
+/// controllers; `""` for the v2 line). Paths may hold colons.
+pub fn parse_proc_cgroup(text: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(names), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        for name in names.split(',') {
+            let name = name.strip_prefix("name=").unwrap_or(name);
+            out.insert(name.to_owned(), path.to_owned());
+        }
+    }
+    out
+}
+
 impl ContainerCgroup {
-    /// Creates (or adopts) the cgroup at `path` below the hierarchy root and
-    /// applies `resources`. On failure nothing is left behind.
-    pub fn create(id: &str, path: &str, resources: Option<&LinuxResources>) -> Result<Self> {
+    /// Creates (or adopts) the cgroup at `path` below `base` and applies
+    /// `resources`. On failure nothing is left behind.
+    pub fn create(
+        id: &str,
+        path: &str,
+        base: &Base,
+        resources: Option<&LinuxResources>,
+    ) -> Result<Self> {
         let err = |source| Error::Cgroup {
             id: id.to_owned(),
             path: path.to_owned(),
             source,
         };
-        let cgroup = Cgroup::new(hierarchies::auto(), path)
+        let cgroup = base.load(path);
+        cgroup
+            .create()
             .map_err(|e| err(CgroupError::Create(Box::new(e))))?;
         let cg = ContainerCgroup {
             id: id.to_owned(),
@@ -88,8 +170,8 @@ impl ContainerCgroup {
 
     /// Opens a cgroup someone else (runc) created and manages, for reading
     /// its metrics only; [`ContainerCgroup::remove`] leaves it alone.
-    pub fn open(id: &str, path: &str) -> Result<Self> {
-        let cgroup = Cgroup::load(hierarchies::auto(), path);
+    pub fn open(id: &str, path: &str, base: &Base) -> Result<Self> {
+        let cgroup = base.load(path);
         if !cgroup.exists() {
             return Err(Error::Cgroup {
                 id: id.to_owned(),
@@ -108,8 +190,8 @@ impl ContainerCgroup {
     /// Takes over an existing cgroup the shim created earlier (the `delete`
     /// action after a shim crash), so that [`ContainerCgroup::remove`]
     /// removes it.
-    pub fn adopt(id: &str, path: &str) -> Result<Self> {
-        let mut cg = Self::open(id, path)?;
+    pub fn adopt(id: &str, path: &str, base: &Base) -> Result<Self> {
+        let mut cg = Self::open(id, path, base)?;
         cg.owned = true;
         Ok(cg)
     }
@@ -134,7 +216,7 @@ impl ContainerCgroup {
         Some(
             hierarchies::auto()
                 .root()
-                .join(self.path.trim_start_matches('/')),
+                .join(self.cgroup.path().trim_start_matches('/')),
         )
     }
 

@@ -22,12 +22,15 @@ use log::{info, warn};
 use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch};
 
-use crate::bundle::{PID_FILE, SPEC_FILE};
+use wasmpod_oci::plan::RunPlan;
+
+use crate::bundle::PID_FILE;
 use crate::error::{Error, RequestError, Result, StateError};
 use crate::exit::Exit;
 use crate::server::backend::{Backend, Target};
 use crate::server::cgroup::ContainerCgroup;
 use crate::server::env::Env;
+use crate::server::options::RuntimeOptions;
 use crate::server::process::{Process, Status};
 use crate::server::rootfs;
 use crate::server::stdio::StdioPaths;
@@ -43,6 +46,8 @@ pub struct Container {
     pub bundle: PathBuf,
     pub init: Process,
     pub backend: Backend,
+    /// What containerd's runtime options say (the cgroup driver).
+    pub options: RuntimeOptions,
     /// Where the shim mounted the rootfs, when containerd sent mounts.
     rootfs: Option<PathBuf>,
     pub cgroup: Option<Arc<ContainerCgroup>>,
@@ -70,31 +75,37 @@ impl Container {
     ) -> Result<(Container, oneshot::Receiver<Exit>)> {
         let id = req.id.as_str();
         let bundle = PathBuf::from(&req.bundle);
-        let spec_path = bundle.join(SPEC_FILE);
-        let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|source| Error::Spec {
-            id: id.to_owned(),
-            path: spec_path,
-            source,
-        })?;
-        let plan = wasmpod_oci::plan::RunPlan::from_spec(&spec, &bundle).map_err(|source| {
+        let spec = crate::bundle::load_spec(id, &bundle)?;
+        let options = RuntimeOptions::parse(req.options.as_ref())
+            .map_err(|e| Error::request(id, RequestError::Options(e)))?;
+        let plan = RunPlan::from_spec_with(&spec, &bundle, options.plan()).map_err(|source| {
             Error::Plan {
                 id: id.to_owned(),
                 source,
             }
         })?;
         let mounted = rootfs::mount(id, &bundle, &req.rootfs).await?;
-        let launched =
-            match Backend::launch(env, req, &bundle, &spec, plan, mounted.as_deref()).await {
-                Ok(l) => l,
-                Err(e) => {
-                    if let Some(target) = &mounted {
-                        if let Err(ue) = rootfs::unmount(id, target).await {
-                            warn!("{ue}");
-                        }
+        let launched = match Backend::launch(
+            env,
+            req,
+            &bundle,
+            &spec,
+            plan,
+            options,
+            mounted.as_deref(),
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                if let Some(target) = &mounted {
+                    if let Err(ue) = rootfs::unmount(id, target).await {
+                        warn!("{ue}");
                     }
-                    return Err(e);
                 }
-            };
+                return Err(e);
+            }
+        };
         if let Err(e) = tokio::fs::write(bundle.join(PID_FILE), launched.pid.to_string()).await {
             warn!("container {id}: write {PID_FILE}: {e}");
         }
@@ -107,6 +118,7 @@ impl Container {
             bundle,
             init,
             backend: launched.backend,
+            options,
             rootfs: mounted,
             oom_kills: launched.cgroup.as_ref().map_or(0, |cg| cg.oom_kills()),
             cgroup: launched.cgroup,
@@ -144,6 +156,7 @@ impl Container {
             container: &self.id,
             bundle: &self.bundle,
             cgroup: self.cgroup.clone(),
+            options: self.options,
         }
     }
 
@@ -166,6 +179,7 @@ impl Container {
             container: &id,
             bundle: &bundle,
             cgroup,
+            options: self.options,
         };
         self.backend.start(env, &t).await?;
         self.init.status = Status::Running;
@@ -445,6 +459,7 @@ impl Container {
             container: &id,
             bundle: &bundle,
             cgroup,
+            options: self.options,
         };
         self.backend.delete(env, &t).await?;
         if let Some(target) = self.rootfs.take() {

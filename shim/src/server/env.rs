@@ -18,6 +18,8 @@ pub struct Env {
     pub cache: Option<CacheConfig>,
     /// Where the reaper delivers process exits.
     pub exits: ExitRouter,
+    /// Seccomp programs compiled so far.
+    pub seccomp: crate::server::seccomp::Programs,
     /// Where task events go.
     pub events: Box<dyn Events>,
     /// The OS (a recording double in tests).
@@ -35,6 +37,7 @@ impl Env {
             containerd,
             cache: CacheConfig::from_env(),
             exits: ExitRouter::default(),
+            seccomp: Default::default(),
             events,
             sys: Box::new(crate::sys::Linux),
             #[cfg(test)]

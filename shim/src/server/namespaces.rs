@@ -59,6 +59,7 @@ pub fn share_with(pid: i32, plan: &mut RunPlan) -> Result<Vec<File>, NamespaceFi
         .iter()
         .map(|ns| ns.kind)
         .chain(plan.pid_namespace.as_ref().map(|_| NamespaceKind::Pid))
+        .chain(plan.mount_namespace.as_ref().map(|_| NamespaceKind::Mount))
         .collect::<Vec<_>>();
     let mut held = Vec::with_capacity(kinds.len());
     for kind in kinds {
@@ -67,6 +68,7 @@ pub fn share_with(pid: i32, plan: &mut RunPlan) -> Result<Vec<File>, NamespaceFi
             NamespaceKind::Ipc => "ipc",
             NamespaceKind::Uts => "uts",
             NamespaceKind::Pid => "pid",
+            NamespaceKind::Mount => "mnt",
         };
         let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
         let file = File::open(&path).map_err(|source| NamespaceFileError { path, source })?;
@@ -74,6 +76,11 @@ pub fn share_with(pid: i32, plan: &mut RunPlan) -> Result<Vec<File>, NamespaceFi
             format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd()).into();
         if kind == NamespaceKind::Pid {
             plan.pid_namespace = Some(fd_path);
+        } else if kind == NamespaceKind::Mount {
+            plan.mount_namespace = Some(wasmpod_oci::plan::NamespacePlan {
+                kind,
+                path: Some(fd_path),
+            });
         } else if let Some(ns) = plan.namespaces.iter_mut().find(|ns| ns.kind == kind) {
             ns.path = Some(fd_path);
         }

@@ -88,20 +88,10 @@ pub async fn restrict(id: &str, target: &Path, readonly: bool) -> Result<()> {
 /// `statvfs` flags are `have`.
 fn restricted_flags(have: nix::sys::statvfs::FsFlags, readonly: bool) -> nix::mount::MsFlags {
     use nix::mount::MsFlags;
-    use nix::sys::statvfs::FsFlags;
-    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NODEV;
-    for (fs, ms) in [
-        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-    ] {
-        if have.contains(fs) {
-            flags |= ms;
-        }
-    }
+    let mut flags = crate::sys::fs::mount_flags_of(have)
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_BIND
+        | MsFlags::MS_NODEV;
     if readonly {
         flags |= MsFlags::MS_RDONLY;
     }

@@ -20,3 +20,26 @@ pub fn open_in_root(root: &File, path: &str) -> nix::Result<File> {
     let fd = openat2(root, Path::new(path), how)?;
     Ok(File::from(fd))
 }
+
+/// The `MS_*` flags that keep what a mount's `statvfs` flags say it has:
+/// what a bind remount must repeat so as not to clear them (or, for flags
+/// the kernel locked, so as not to be refused).
+pub fn mount_flags_of(have: nix::sys::statvfs::FsFlags) -> nix::mount::MsFlags {
+    use nix::mount::MsFlags;
+    use nix::sys::statvfs::FsFlags;
+    let mut flags = MsFlags::empty();
+    for (fs, ms) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if have.contains(fs) {
+            flags |= ms;
+        }
+    }
+    flags
+}

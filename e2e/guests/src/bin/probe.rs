@@ -18,6 +18,7 @@ actions:
   cat PATH             copy the file at PATH to stdout
   write PATH TEXT      write TEXT to PATH, print `wrote PATH`
   ls PATH              print the sorted entry names of directory PATH
+  resolve NAME         look NAME up (wasi:sockets ip-name-lookup), print `NAME IP...` sorted
   echo                 copy stdin to stdout until EOF
   spin                 print `spinning`, then loop forever
   trap                 print `about to trap`, then execute `unreachable`
@@ -37,6 +38,21 @@ actions:
 
 const MIB: usize = 1024 * 1024;
 const PAGE: usize = 4096;
+
+/// Looks `name` up as the guest's runtime does (`wasi:sockets`
+/// ip-name-lookup on wasip2) and prints each address, sorted.
+fn resolve(name: &str) {
+    use std::net::ToSocketAddrs;
+    match (name, 80).to_socket_addrs() {
+        Ok(addrs) => {
+            let mut ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            ips.sort();
+            ips.dedup();
+            println!("{name} {}", ips.join(" "));
+        }
+        Err(err) => fail(format_args!("resolve {name}: {err}")),
+    }
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -60,6 +76,7 @@ fn main() {
             Err(err) => fail(format_args!("write {path}: {err}")),
         },
         ("ls", [path]) => ls(path),
+        ("resolve", [name]) => resolve(name),
         ("echo", []) => echo(),
         ("spin", []) => spin(),
         ("trap", []) => {

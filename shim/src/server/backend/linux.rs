@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use containerd_shim::api;
 use nix::sys::signal::Signal;
-use wasmpod_oci::plan::RunPlan;
+use wasmpod_oci::plan::{CgroupDriver, RunPlan};
 
 use super::{process_io, ExecLaunched, Launched, Target};
 use crate::error::Result;
 use crate::linux::runc::ProcessIo;
-use crate::server::cgroup::ContainerCgroup;
+use crate::server::cgroup::{Base, ContainerCgroup};
 use crate::server::env::Env;
+use crate::server::options::RuntimeOptions;
 use crate::server::stdio::StdioPaths;
 
 /// A Linux container's backend state.
@@ -27,16 +28,13 @@ pub async fn launch(
     env: &Env,
     req: &api::CreateTaskRequest,
     bundle: &Path,
-    spec: &oci_spec::runtime::Spec,
     plan: &RunPlan,
+    options: RuntimeOptions,
 ) -> Result<Launched> {
     let id = req.id.as_str();
     let paths = StdioPaths::of_create(req);
-    let systemd = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.cgroups_path().as_ref())
-        .is_some_and(|p| p.to_string_lossy().split(':').count() == 3);
+    // the runtime option, as runc's shim reads it (never the path's shape)
+    let systemd = options.cgroup_driver == CgroupDriver::Systemd;
     let (console_socket, child_stdio, keepalive) = process_io(id, &paths)?;
     let socket_path = console_socket.as_ref().map(|c| c.path());
     let io = ProcessIo {
@@ -56,10 +54,10 @@ pub async fn launch(
     }
     log::debug!("container {id}: runc container pid {pid}");
     // runc owns this cgroup; the shim only reads it.
-    let cgroup = plan
-        .cgroup
-        .as_ref()
-        .and_then(|path| ContainerCgroup::open(id, path).ok().map(Arc::new));
+    let cgroup = plan.cgroup.as_ref().and_then(|path| {
+        let base = Base::of(plan.cgroup_relative).ok()?;
+        ContainerCgroup::open(id, path, &base).ok().map(Arc::new)
+    });
     Ok(Launched {
         pid,
         backend: super::Backend::Linux(Linux { systemd }),

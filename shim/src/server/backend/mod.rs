@@ -25,6 +25,7 @@ use crate::exit::Exit;
 use crate::linux::console::{Console, ConsoleSocket};
 use crate::server::cgroup::ContainerCgroup;
 use crate::server::env::Env;
+use crate::server::options::RuntimeOptions;
 use crate::server::stdio::{ChildStdio, Keepalive, Stdio, StdioPaths};
 
 #[cfg(test)]
@@ -72,6 +73,8 @@ pub struct Target<'a> {
     pub container: &'a str,
     pub bundle: &'a Path,
     pub cgroup: Option<Arc<ContainerCgroup>>,
+    /// The container's runtime options.
+    pub options: RuntimeOptions,
 }
 
 impl Backend {
@@ -84,6 +87,7 @@ impl Backend {
         bundle: &Path,
         spec: &oci_spec::runtime::Spec,
         plan: RunPlan,
+        options: RuntimeOptions,
         rootfs: Option<&Path>,
     ) -> Result<Launched> {
         #[cfg(test)]
@@ -96,7 +100,7 @@ impl Backend {
             .is_some_and(|a| a.contains_key(CONTAINER_TYPE_ANNOTATION));
         let located = locate(&plan);
         if in_pod && located == Located::Other {
-            linux::launch(env, req, bundle, spec, &plan).await
+            linux::launch(env, req, bundle, &plan, options).await
         } else {
             wasm::launch(env, req, bundle, spec, plan, rootfs, located).await
         }

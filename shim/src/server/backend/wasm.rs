@@ -11,7 +11,7 @@ use wasmpod_oci::plan::RunPlan;
 use super::{process_io, ExecLaunched, Launched, Located, Target};
 use crate::control::{RunRequest, WasmFile};
 use crate::error::{Error, RequestError, Result, StateError};
-use crate::server::cgroup::ContainerCgroup;
+use crate::server::cgroup::{Base, CgroupError, ContainerCgroup};
 use crate::server::env::Env;
 use crate::server::runner::Runner;
 use crate::server::stdio::{self, StdioPaths};
@@ -44,11 +44,12 @@ pub async fn launch(
     req: &api::CreateTaskRequest,
     bundle: &Path,
     spec: &oci_spec::runtime::Spec,
-    plan: RunPlan,
+    mut plan: RunPlan,
     rootfs: Option<&Path>,
     located: Located,
 ) -> Result<Launched> {
     let id = req.id.as_str();
+    plan.seccomp = seccomp(env, id, spec)?;
     let paths = StdioPaths::of_create(req);
     if paths.terminal || plan.terminal {
         return Err(Error::request(id, RequestError::Terminal));
@@ -83,14 +84,22 @@ pub async fn launch(
     let result = async {
         let (_, child_stdio, keepalive) = process_io(id, &paths)?;
         if let Some(target) = rootfs {
-            rootfs::restrict(id, target, plan.root.readonly).await?;
+            // in its own mount namespace the runner makes the root
+            // read-only itself, once its mounts are made
+            let readonly = plan.root.readonly && !plan.new_mount_namespace();
+            rootfs::restrict(id, target, readonly).await?;
             spans.mark("nodev");
         }
         if let Some(path) = &plan.cgroup {
             let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
-            let (cid, path) = (id.to_owned(), path.clone());
+            let (cid, path, relative) = (id.to_owned(), path.clone(), plan.cgroup_relative);
             let cg = tokio::task::spawn_blocking(move || {
-                ContainerCgroup::create(&cid, &path, resources.as_ref())
+                let base = Base::of(relative).map_err(|e| Error::Cgroup {
+                    id: cid.clone(),
+                    path: path.clone(),
+                    source: CgroupError::Base(e),
+                })?;
+                ContainerCgroup::create(&cid, &path, &base, resources.as_ref())
             })
             .await
             .map_err(|source| Error::Blocking {
@@ -160,18 +169,17 @@ pub async fn exec(
     if paths.terminal {
         return Err(Error::request(t.id, RequestError::ExecTerminal));
     }
-    let (_, child_stdio, keepalive) = process_io(t.id, paths)?;
-    let spec_path = t.bundle.join(crate::bundle::SPEC_FILE);
-    let mut spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|source| Error::Spec {
-        id: t.id.to_owned(),
-        path: spec_path,
-        source,
-    })?;
+    let mut spec = crate::bundle::load_spec(t.id, t.bundle)?;
     spec.set_process(Some(process.clone()));
-    let mut plan = RunPlan::from_spec(&spec, t.bundle).map_err(|source| Error::Plan {
-        id: t.id.to_owned(),
-        source,
-    })?;
+    let mut plan =
+        RunPlan::from_spec_with(&spec, t.bundle, t.options.plan()).map_err(|source| {
+            Error::Plan {
+                id: t.id.to_owned(),
+                source,
+            }
+        })?;
+    plan.seccomp = seccomp(env, t.id, &spec)?;
+    let (_, child_stdio, keepalive) = process_io(t.id, paths)?;
     // The container's namespaces are its runner's: opened first and checked
     // after (see `namespaces::share_with`).
     let held = namespaces::share_with(init_pid, &mut plan).map_err(|source| Error::Namespace {
@@ -205,6 +213,24 @@ pub async fn exec(
         console: None,
         exit,
     })
+}
+
+/// `linux.seccomp` compiled (once per profile and shim).
+fn seccomp(
+    env: &Env,
+    id: &str,
+    spec: &oci_spec::runtime::Spec,
+) -> Result<Option<wasmpod_oci::plan::SeccompProgram>> {
+    let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+        return Ok(None);
+    };
+    env.seccomp
+        .get(profile)
+        .map(Some)
+        .map_err(|source| Error::Seccomp {
+            id: id.to_owned(),
+            source,
+        })
 }
 
 /// New limits for a Wasm container's cgroup. The runner's in-wasmtime
