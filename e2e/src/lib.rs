@@ -28,6 +28,7 @@
 //! - [`images`]: OCI image-layout tars for `ctr images import`,
 //! - [`http_client`]: one-shot HTTP GETs for the tests,
 //! - [`process`]: running a command with a timeout,
+//! - [`procfs`]: the sandbox fields of a container process's `/proc` status,
 //! - [`registry`]: a private OCI registry (Debian's `docker-registry`) on loopback.
 //!
 //! Environment variables:
@@ -49,6 +50,7 @@ pub mod http_client;
 pub mod images;
 pub mod leftovers;
 pub mod process;
+pub mod procfs;
 pub mod registry;
 
 use std::path::PathBuf;

@@ -122,18 +122,51 @@ fn header(path: &[&str], version: i64) -> String {
         .join(".")
 }
 
+/// The file beside containerd's config that holds the handler's options
+/// for containerd 1.6 (see [`block_with`]).
+pub const OPTIONS_FILE: &str = "wasmpod-runtime.toml";
+
 /// The block registering the handler for `version`.
 pub fn block(version: i64, systemd_cgroup: bool) -> Result<String, ConfigError> {
+    block_with(version, systemd_cgroup, None)
+}
+
+/// The block registering the handler for `version`, its options naming
+/// `options_file` as `ConfigPath` on config versions 1 and 2: containerd
+/// 1.6 gives a non-runc runtime only a `ConfigPath`, never the table's
+/// other keys, so the shim learns the cgroup driver from that file (1.7
+/// then sends the path too; containerd 2.x, version 3, sends the table).
+pub fn block_with(
+    version: i64,
+    systemd_cgroup: bool,
+    options_file: Option<&str>,
+) -> Result<String, ConfigError> {
     let mut path = runtimes_path(version)?;
     path.push(HANDLER);
     let table = header(&path, version);
+    let config_path = match options_file {
+        Some(file) if version <= 2 => format!(
+            "  ConfigPath = {}\n",
+            toml_edit::Value::from(file).decorated("", "")
+        ),
+        _ => String::new(),
+    };
     Ok(format!(
         "{BEGIN_MARKER}\n\
          [{table}]\n  runtime_type = \"{RUNTIME_TYPE}\"\n  \
          pod_annotations = {ANNOTATIONS}\n  container_annotations = {ANNOTATIONS}\n\
-         [{table}.options]\n  SystemdCgroup = {systemd_cgroup}\n\
+         [{table}.options]\n  SystemdCgroup = {systemd_cgroup}\n{config_path}\
          {END_MARKER}\n"
     ))
+}
+
+/// The contents of the [`OPTIONS_FILE`]: the handler's options as TOML.
+pub fn options_file_text(systemd_cgroup: bool) -> String {
+    format!(
+        "# The wasmpod handler's runtime options, written by wasmpod-node (containerd's\n\
+         # config names this file as the handler's ConfigPath).\n\
+         SystemdCgroup = {systemd_cgroup}\n"
+    )
 }
 
 /// Splits `text` around the managed block: (before, block, after).
@@ -170,6 +203,19 @@ pub fn minimal(version: i64) -> String {
 /// Unparseable TOML, an unknown version, a `wasmpod` runtime added by
 /// someone else, damaged markers.
 pub fn install(text: &str, default_version: i64) -> Result<Installed, ConfigError> {
+    install_with(text, default_version, None)
+}
+
+/// [`install`], the options naming `options_file` (see [`block_with`]).
+///
+/// # Errors
+///
+/// As [`install`].
+pub fn install_with(
+    text: &str,
+    default_version: i64,
+    options_file: Option<&str>,
+) -> Result<Installed, ConfigError> {
     let base = if text.trim().is_empty() {
         minimal(default_version)
     } else {
@@ -187,7 +233,7 @@ pub fn install(text: &str, default_version: i64) -> Result<Installed, ConfigErro
         return Err(ConfigError::Foreign);
     }
     let systemd_cgroup = runc_systemd_cgroup(&doc, version);
-    let new_block = block(version, systemd_cgroup)?;
+    let new_block = block_with(version, systemd_cgroup, options_file)?;
     if existing.as_deref() == Some(new_block.as_str()) {
         return Ok(Installed {
             text: text.to_owned(),
@@ -316,6 +362,21 @@ pub fn install_template(
     generated: &str,
     default_version: i64,
 ) -> Result<Installed, ConfigError> {
+    install_template_with(template, generated, default_version, None)
+}
+
+/// [`install_template`], the options naming `options_file` (see
+/// [`block_with`]).
+///
+/// # Errors
+///
+/// As [`install_template`].
+pub fn install_template_with(
+    template: &str,
+    generated: &str,
+    default_version: i64,
+    options_file: Option<&str>,
+) -> Result<Installed, ConfigError> {
     let (version, systemd_cgroup) = match generated.parse::<DocumentMut>() {
         Ok(doc) if !generated.trim().is_empty() => {
             let v = version_of(&doc)?;
@@ -328,7 +389,7 @@ pub fn install_template(
     } else {
         template.to_owned()
     };
-    let new_block = block(version, systemd_cgroup)?;
+    let new_block = block_with(version, systemd_cgroup, options_file)?;
     let outside = match split(&base)? {
         Some((_, existing, _)) if existing == new_block => {
             return Ok(Installed {

@@ -278,6 +278,9 @@ pub struct State {
     pub binary: PathBuf,
     /// sha256 of the binary installed.
     pub binary_sha256: String,
+    /// The handler's options file (host path), when the installer wrote one.
+    #[serde(default)]
+    pub options_file: Option<PathBuf>,
 }
 
 /// The state file (host path).
@@ -331,15 +334,37 @@ pub fn register(
         path: target.config.clone(),
         source,
     };
+    // beside the config, as the node sees it (containerd hands the path
+    // to the shim, which runs on the node)
+    let options_file = target
+        .config
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(config::OPTIONS_FILE);
+    let options_str = options_file.to_string_lossy().into_owned();
     let done = match &target.kind {
         ConfigKind::Toml | ConfigKind::DropIn => {
-            config::install(&original, default_version).map_err(cfg_err)?
+            config::install_with(&original, default_version, Some(&options_str)).map_err(cfg_err)?
         }
         ConfigKind::Template { generated } => {
             let generated = fs::read_to_string(on_host(host_root, generated)).unwrap_or_default();
-            config::install_template(&original, &generated, default_version).map_err(cfg_err)?
+            config::install_template_with(
+                &original,
+                &generated,
+                default_version,
+                Some(&options_str),
+            )
+            .map_err(cfg_err)?
         }
     };
+    if done.version <= 2 {
+        let text = config::options_file_text(done.systemd_cgroup);
+        let host_options = on_host(host_root, &options_file);
+        if fs::read_to_string(&host_options).ok().as_deref() != Some(text.as_str()) {
+            write_atomic(&host_options, text.as_bytes(), 0o644)?;
+        }
+        state.options_file = Some(options_file);
+    }
     if !done.changed {
         return Ok(ConfigChange {
             changed: false,
@@ -381,6 +406,9 @@ pub fn unregister(
     state: Option<&State>,
 ) -> Result<bool, NodeError> {
     let config_path = state.map_or(target.config.clone(), |s| s.config.clone());
+    if let Some(options) = state.and_then(|s| s.options_file.as_ref()) {
+        let _ = fs::remove_file(on_host(host_root, options));
+    }
     let path = on_host(host_root, &config_path);
     let Ok(current) = fs::read_to_string(&path) else {
         return Ok(false);
@@ -521,9 +549,24 @@ mod tests {
             fs::read_to_string(on_host(h.path(), state.backup.as_ref().unwrap())).unwrap(),
             original
         );
+        // containerd 1.6 passes a non-runc runtime only its ConfigPath:
+        // the options are in a file beside the config, named by the block
+        let options = state.options_file.clone().expect("an options file");
+        assert_eq!(
+            options,
+            t.config.parent().unwrap().join(config::OPTIONS_FILE)
+        );
+        let written = fs::read_to_string(on_host(h.path(), &options)).unwrap();
+        assert!(written.contains("SystemdCgroup = true"), "{written}");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(&format!("ConfigPath = \"{}\"", options.display())),
+            "{text}"
+        );
         assert!(unregister(h.path(), &t, Some(&state)).unwrap());
         assert_eq!(fs::read_to_string(&path).unwrap(), original);
         assert!(!on_host(h.path(), state.backup.as_ref().unwrap()).exists());
+        assert!(!on_host(h.path(), &options).exists());
 
         // A missing config is created, and removed again.
         let h = host();

@@ -4,6 +4,8 @@
 //! `ctr run --runtime io.containerd.wasmpod.v1`, then runs it as a Kubernetes
 //! pod: a Wasm pod beside a runc pod on the same node, driven over CRI as
 //! kubelet drives it, with its log, stats and the memory-limit outcomes;
+//! then a PodSecurity-"restricted" Wasm pod (hello, an HTTP component, an
+//! exec) with its processes' `/proc` status printed beside a runc pod's;
 //! last, pushes it to a private registry as a classic image and as a Wasm
 //! artifact and runs both from there as kubelet pulls them. Prints each step.
 
@@ -65,6 +67,7 @@ fn main() -> Result<()> {
     println!("# no processes, mounts, FIFOs or state left behind");
 
     kubernetes(&cd, &tar)?;
+    restricted(&cd)?;
     registry(&cd, &wasm)?;
     cd.assert_no_leftovers()?;
     println!("# no processes, mounts, cgroups, network namespaces, veths or shims left behind");
@@ -217,6 +220,157 @@ fn kubernetes(cd: &Containerd, hello_tar: &str) -> Result<()> {
     wasm.remove()?;
     plain.remove()?;
     println!("$ StopPodSandbox + RemovePodSandbox hello-wasm, plain-runc");
+    Ok(())
+}
+
+/// `config` as kubelet sends a container of a PodSecurity-"restricted" pod
+/// (`runAsNonRoot` with `runAsUser: 65532`, `allowPrivilegeEscalation:
+/// false`, `capabilities.drop: [ALL]`, `seccompProfile: RuntimeDefault`),
+/// with kubelet's default masked and read-only paths.
+fn restricted_config(mut config: api::ContainerConfig) -> api::ContainerConfig {
+    let sc = config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default);
+    sc.run_as_user = Some(api::Int64Value { value: 65532 });
+    sc.run_as_group = Some(api::Int64Value { value: 65532 });
+    sc.no_new_privs = true;
+    sc.capabilities = Some(api::Capability {
+        drop_capabilities: vec!["ALL".into()],
+        ..Default::default()
+    });
+    sc.seccomp = Some(api::SecurityProfile {
+        profile_type: api::security_profile::ProfileType::RuntimeDefault as i32,
+        ..Default::default()
+    });
+    sc.masked_paths = [
+        "/proc/asound",
+        "/proc/acpi",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+        "/sys/devices/virtual/powercap",
+    ]
+    .map(String::from)
+    .to_vec();
+    sc.readonly_paths = [
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+    ]
+    .map(String::from)
+    .to_vec();
+    config
+}
+
+/// A restricted Wasm pod beside a restricted runc pod: hello, an HTTP
+/// component and an exec in the Wasm pod, and what the kernel says of each
+/// pod's long-running process.
+fn restricted(cd: &Containerd) -> Result<()> {
+    use wasmpod_e2e::procfs::{own_mount_namespace, sandbox_status, wait_process, wait_runner};
+    println!("\n# a PodSecurity \"restricted\" pod: runAsNonRoot (65532), drop ALL, RuntimeDefault, allowPrivilegeEscalation false");
+    let cri = cd.cri()?;
+    const HTTP: &str = "docker.io/wasmpod-demo/http:1";
+    cd.cri_import(
+        &wasmpod_e2e::images::wasm_image(HTTP, &wasmpod_e2e::guests::http_guest()?, "/http.wasm")?,
+        HTTP,
+    )?;
+    let mut wasm = Pod::run(cd, &cri, Pod::config(cd, "restricted-wasm"), HANDLER)?;
+    let mut plain = Pod::run(cd, &cri, Pod::config(cd, "restricted-runc"), "")?;
+
+    let hello = restricted_config(container_config("hello", IMAGE, &[], &[]));
+    let hello_id = wasm.start(&hello)?;
+    exited(&cri, "restricted-wasm/hello", &hello_id)?;
+    for (stream, line) in wasm.log_lines(&hello)? {
+        println!("  CRI log restricted-wasm/hello: {stream} {line}");
+    }
+    let web = restricted_config(container_config("web", HTTP, &[], &[]));
+    let web_id = wasm.start(&web)?;
+    let addr: std::net::SocketAddr = format!("{}:8080", wasm.ip()?).parse()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        match wasmpod_e2e::http_client::get(addr, "/", &[], Duration::from_secs(5)) {
+            Ok(answer) => break answer,
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    println!(
+        "$ GET http://{addr}/ (restricted-wasm/web, a wasi:http component) → {status} {}",
+        body.trim_end()
+    );
+    let app = restricted_config(container_config("app", PROBE, &[], &["sleep", "300"]));
+    let app_id = wasm.start(&app)?;
+    let out = cri.exec_sync(&app_id, &["/probe.wasm", "cat", "/etc/hostname"], 20)?;
+    println!(
+        "$ kubectl exec restricted-wasm/app -- /probe.wasm cat /etc/hostname → exit {} {}",
+        out.exit_code,
+        out.stdout.trim_end()
+    );
+    let sh = restricted_config(container_config("sh", BUSYBOX, &["/bin/sleep", "300"], &[]));
+    plain.start(&sh)?;
+
+    let runners = [wait_runner(cd, &app_id)?, wait_runner(cd, &web_id)?];
+    let sleeper = wait_process(cd, "busybox sleep", |p| p.argv == ["/bin/sleep", "300"])?;
+    // the runner loads seccomp as its guest starts: read once it has
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while runners.iter().any(|pid| {
+        sandbox_status(*pid).is_ok_and(|s| s.get("Seccomp").map(String::as_str) != Some("2"))
+    }) && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let columns = [
+        ("busybox under runc", sleeper),
+        ("Wasm (app) under wasmpod", runners[0]),
+        ("Wasm (web) under wasmpod", runners[1]),
+    ];
+    let views = columns
+        .iter()
+        .map(|(_, pid)| sandbox_status(*pid))
+        .collect::<Result<Vec<_>>>()?;
+    println!(
+        "\n| /proc/PID/status | {} |",
+        columns.map(|c| c.0).join(" | ")
+    );
+    println!("|---|---|---|---|");
+    for field in wasmpod_e2e::procfs::SANDBOX_FIELDS
+        .iter()
+        .chain(&["oom_score_adj"])
+    {
+        let cells: Vec<&str> = views
+            .iter()
+            .map(|v| v.get(*field).map_or("-", String::as_str))
+            .collect();
+        println!("| {field} | {} |", cells.join(" | "));
+    }
+    let own = columns
+        .iter()
+        .map(|(_, pid)| own_mount_namespace(*pid).map(|o| if o { "its own" } else { "the node's" }))
+        .collect::<Result<Vec<_>>>()?;
+    println!("| mount namespace | {} |", own.join(" | "));
+    ensure!(
+        views[1..].iter().all(|v| {
+            let mut v = v.clone();
+            let mut runc = views[0].clone();
+            // oom_score_adj differs by design: kubelet's default per QoS
+            v.remove("oom_score_adj");
+            runc.remove("oom_score_adj");
+            v == runc
+        }),
+        "the Wasm processes' sandbox differs from runc's"
+    );
+    wasm.remove()?;
+    plain.remove()?;
+    println!("$ StopPodSandbox + RemovePodSandbox restricted-wasm, restricted-runc");
     Ok(())
 }
 

@@ -170,6 +170,15 @@ fn node_installer_registers_the_handler_and_uninstall_restores_the_config() -> R
         sha256_file(&bin_dir.join(wasmpod_e2e::SHIM_BINARY))? == sha256_file(&shim)?,
         "the shim copy differs"
     );
+    // the handler's options reach the shim on containerd 1.6 only as a
+    // ConfigPath: the file beside the config, which the pod below needs
+    let options = config.with_file_name(wasmpod_runtimeclass::config::OPTIONS_FILE);
+    ensure!(
+        installed.contains(&format!("ConfigPath = \"{}\"", options.display()))
+            && std::fs::read_to_string(&options)?.contains("SystemdCgroup = false"),
+        "no options file {} named by the handler:\n{installed}",
+        options.display()
+    );
     let patch = requests.recv_timeout(Duration::from_secs(10))?;
     ensure!(
         patch
@@ -227,8 +236,9 @@ fn node_installer_registers_the_handler_and_uninstall_restores_the_config() -> R
     );
     ensure!(
         !dir.join("node-state.json").exists()
-            && !Path::new(&format!("{}.wasmpod-backup", config.display())).exists(),
-        "uninstall left its state file or the config backup"
+            && !Path::new(&format!("{}.wasmpod-backup", config.display())).exists()
+            && !options.exists(),
+        "uninstall left its state file, the config backup or the options file"
     );
     let unpatch = requests.recv_timeout(Duration::from_secs(10))?;
     ensure!(

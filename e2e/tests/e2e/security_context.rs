@@ -16,27 +16,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use wasmpod_e2e::cri::{api, container_config, Pod, HANDLER};
 use wasmpod_e2e::dns::DnsServer;
-use wasmpod_e2e::images::busybox_image;
+use wasmpod_e2e::guests::http_guest;
+use wasmpod_e2e::images::{busybox_image, wasm_image};
+use wasmpod_e2e::procfs::{wait_process, wait_runner};
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
 use crate::common::{cri_probe_image, P2};
 
 const BUSYBOX: &str = "docker.io/wasmpod-e2e/busybox:security";
-
-/// The `/proc/PID/status` fields compared between the two runtimes.
-const STATUS_FIELDS: [&str; 11] = [
-    "Uid",
-    "Gid",
-    "Groups",
-    "CapInh",
-    "CapPrm",
-    "CapEff",
-    "CapBnd",
-    "CapAmb",
-    "NoNewPrivs",
-    "Seccomp",
-    "Seccomp_filters",
-];
 
 fn cri_containerd() -> Result<Containerd> {
     Containerd::start(ContainerdOptions {
@@ -138,28 +125,10 @@ impl Volumes {
     }
 }
 
-/// The compared fields of `/proc/PID/status`, `oom_score_adj` and the
+/// The sandbox fields of `/proc/PID/status`, `oom_score_adj` and the
 /// limits.
 fn kernel_view(pid: i32) -> Result<BTreeMap<String, String>> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("read /proc/{pid}/status"))?;
-    let mut out: BTreeMap<String, String> = status
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| STATUS_FIELDS.contains(k))
-        .map(|(k, v)| {
-            (
-                k.to_owned(),
-                v.split_whitespace().collect::<Vec<_>>().join(" "),
-            )
-        })
-        .collect();
-    out.insert(
-        "oom_score_adj".into(),
-        fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))?
-            .trim()
-            .to_owned(),
-    );
+    let mut out = wasmpod_e2e::procfs::sandbox_status(pid)?;
     for line in fs::read_to_string(format!("/proc/{pid}/limits"))?
         .lines()
         .skip(1)
@@ -177,9 +146,8 @@ fn kernel_view(pid: i32) -> Result<BTreeMap<String, String>> {
 /// is the container's: `marker` exists there and `/etc/hostname` names the
 /// pod.
 fn own_mount_namespace(pid: i32, marker: &str, hostname: &str) -> Result<()> {
-    let ns = fs::read_link(format!("/proc/{pid}/ns/mnt"))?;
     ensure!(
-        ns != fs::read_link("/proc/self/ns/mnt")?,
+        wasmpod_e2e::procfs::own_mount_namespace(pid)?,
         "process {pid} is in the node's mount namespace"
     );
     let root = format!("/proc/{pid}/root");
@@ -218,24 +186,6 @@ fn mount_table(pid: i32) -> Result<Vec<(String, String, bool)>> {
             Some(((*f.get(4)?).to_owned(), fstype.to_owned(), ro))
         })
         .collect())
-}
-
-/// Waits for a process of this containerd for which `which` holds.
-fn wait_process(
-    cd: &Containerd,
-    what: &str,
-    which: impl Fn(&wasmpod_e2e::leftovers::ProcInfo) -> bool,
-) -> Result<i32> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(p) = cd.processes()?.into_iter().find(&which) {
-            return Ok(p.pid);
-        }
-        if Instant::now() >= deadline {
-            bail!("no process {what} after 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Runs a one-shot container of `config` in `pod` to its end: (exit code,
@@ -297,10 +247,7 @@ fn restricted_pod_gets_the_sandbox_runc_gives_it() -> Result<()> {
         &volumes,
     );
     let sh_id = plain.start(&sh)?;
-    let runner = wait_process(&cd, "runner of app", |p| {
-        p.argv.get(1).map(String::as_str) == Some("__wasmpod_runner")
-            && p.argv.get(2) == Some(&app_id)
-    })?;
+    let runner = wait_runner(&cd, &app_id)?;
     let sleeper = wait_process(&cd, "busybox sleep", |p| p.argv == ["/bin/sleep", "300"])?;
     wait_running(&cri, &app_id)?;
     let runc_view = kernel_view(sleeper)?;
@@ -464,6 +411,34 @@ fn restricted_pod_gets_the_sandbox_runc_gives_it() -> Result<()> {
         dns.queries()
     );
 
+    // a wasi:http component serves under the same sandbox: each request's
+    // WASI context is built by the unprivileged, filtered runner
+    let http_image = "docker.io/wasmpod/http:security";
+    cd.cri_import(
+        &wasm_image(http_image, &http_guest()?, "/http.wasm")?,
+        http_image,
+    )?;
+    let web = restricted(container_config("web", http_image, &[], &[]), &volumes);
+    let web_id = wasm.start(&web)?;
+    let addr: SocketAddr = format!("{}:8080", wasm.ip()?).parse()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        match wasmpod_e2e::http_client::get(addr, "/", &[], Duration::from_secs(5)) {
+            Ok((200, body)) => break body,
+            other if Instant::now() >= deadline => {
+                bail!("the HTTP component never served: {other:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    ensure!(body == "hello from wasmpod http\n", "{body:?}");
+    let web_view = settled_view(wait_runner(&cd, &web_id)?, &runc_view)?;
+    ensure!(
+        web_view == runc_view,
+        "the HTTP component's runner differs from runc's process:\n{}",
+        diff(&web_view, &runc_view)
+    );
+
     // the same as the container's first process: a one-shot guest
     let secret = restricted(
         container_config("secret", &probe, &[], &["cat", "/ro/secret"]),
@@ -551,4 +526,183 @@ fn diff(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> String {
         .map(|k| format!("  {k}: wasm {:?} / runc {:?}", a.get(k), b.get(k)))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The cgroup path of process `pid` in the v1 memory hierarchy, or its v2
+/// cgroup.
+fn memory_cgroup(pid: i32) -> Result<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, names, path) = (f.next()?, f.next()?, f.next()?);
+            (names.split(',').any(|n| n == "memory") || names.is_empty()).then(|| path.to_owned())
+        })
+        .with_context(|| format!("no memory cgroup in /proc/{pid}/cgroup: {text}"))
+}
+
+/// A pod whose cgroup parent ends in `.slice` on a node whose containerd
+/// uses the cgroupfs driver (the runtime option `SystemdCgroup = false`):
+/// containerd writes `<parent>:cri-containerd:<id>`, and the driver, not
+/// the path's shape, decides: the sandbox, a sidecar (runc) and the Wasm
+/// containers each get a cgroupfs directory of that name below the shim's
+/// own cgroup, as runc's shim gives them.
+#[test]
+fn slice_cgroup_parent_on_a_cgroupfs_node() -> Result<()> {
+    let cd = cri_containerd()?;
+    let cri = cd.cri()?;
+    let probe = cri_probe_image(&cd, P2)?;
+    cd.cri_import(&busybox_image(BUSYBOX)?, BUSYBOX)?;
+    let mut config = Pod::config(&cd, "slice-pod");
+    let slice = format!("{}.slice", cd.unique_id("wasmpode2e"));
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .cgroup_parent = slice.clone();
+    let mut pod = Pod::run(&cd, &cri, config, HANDLER)?;
+
+    let hello = container_config("hello", &probe, &[], &["args", "in a slice"]);
+    let (code, log) = one_shot(&cri, &mut pod, &hello)?;
+    ensure!(
+        code == 0 && log.contains("in a slice"),
+        "hello: {code} {log:?}"
+    );
+
+    let app = wasmpod_e2e::cri::with_memory_limit(
+        container_config("app", &probe, &[], &["sleep", "300"]),
+        64 << 20,
+    );
+    let app_id = pod.start(&app)?;
+    let runner = wait_runner(&cd, &app_id)?;
+    let side = container_config("side", BUSYBOX, &["/bin/sleep", "300"], &[]);
+    let side_id = pod.start(&side)?;
+    let sleeper = wait_process(&cd, "busybox sleep", |p| p.argv == ["/bin/sleep", "300"])?;
+    for (what, pid, id) in [("Wasm", runner, &app_id), ("runc", sleeper, &side_id)] {
+        let path = memory_cgroup(pid)?;
+        ensure!(
+            path.ends_with(&format!("/{slice}:cri-containerd:{id}")),
+            "the {what} container's cgroup is {path:?}"
+        );
+    }
+    // the limit is where the runner is
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    let dir = if v1.is_dir() {
+        v1.to_owned()
+    } else {
+        Path::new("/sys/fs/cgroup").to_owned()
+    };
+    let dir = dir.join(memory_cgroup(runner)?.trim_start_matches('/'));
+    let limit = fs::read_to_string(dir.join("memory.limit_in_bytes"))
+        .or_else(|_| fs::read_to_string(dir.join("memory.max")))
+        .with_context(|| format!("memory limit in {}", dir.display()))?;
+    ensure!(
+        limit.trim() == (64u64 << 20).to_string(),
+        "limit {limit:?} in {}",
+        dir.display()
+    );
+
+    pod.remove()?;
+    cd.assert_no_leftovers()
+}
+
+/// Specs the sandbox cannot apply fail CreateContainer with an error that
+/// kubelet shows in the pod's events, naming the field, and leave nothing:
+/// an unknown capability, an entry point the user may not read, a user
+/// the image cannot resolve, an AppArmor profile on a node without it.
+#[test]
+fn bad_security_contexts_fail_create_and_say_why() -> Result<()> {
+    use wasmpod_oci::image::{write_image_tar, Entry, ImageSpec};
+    let cd = cri_containerd()?;
+    let cri = cd.cri()?;
+    let probe = cri_probe_image(&cd, P2)?;
+    // the module is root's alone
+    let private = "docker.io/wasmpod/probe:cri-private";
+    let spec = ImageSpec {
+        reference: private.into(),
+        entries: vec![Entry::File {
+            path: "probe.wasm".into(),
+            data: fs::read(wasmpod_e2e::guests::guest(P2, "probe")?)?,
+            mode: 0o600,
+        }],
+        entrypoint: vec!["/probe.wasm".into()],
+        cmd: vec![],
+        env: vec![],
+        working_dir: None,
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        annotations: BTreeMap::new(),
+    };
+    let tar = cd.tempdir().join("private.tar");
+    write_image_tar(&spec, fs::File::create(&tar)?)?;
+    cd.cri_import(&tar, private)?;
+    let mut pod = Pod::run(&cd, &cri, Pod::config(&cd, "bad-security"), HANDLER)?;
+
+    let with = |name: &str, image: &str, edit: &dyn Fn(&mut api::LinuxContainerSecurityContext)| {
+        let mut c = container_config(name, image, &[], &["args", "never"]);
+        let sc = c
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default);
+        edit(sc);
+        c
+    };
+    let cases: Vec<(api::ContainerConfig, &[&str])> = vec![
+        (
+            with("badcap", &probe, &|sc| {
+                sc.capabilities = Some(api::Capability {
+                    add_capabilities: vec!["NOPE".into()],
+                    ..Default::default()
+                })
+            }),
+            &["process.capabilities", "CAP_NOPE"],
+        ),
+        (
+            with("unreadable", private, &|sc| {
+                sc.run_as_user = Some(api::Int64Value { value: 1000 })
+            }),
+            &["/probe.wasm", "ermission denied"],
+        ),
+        (
+            // containerd resolves the name in the image's /etc/passwd before
+            // the shim is asked, as for runc: an image without one says so
+            with("nouser", &probe, &|sc| {
+                sc.run_as_username = "appuser".into()
+            }),
+            &["/etc/passwd"],
+        ),
+        (
+            with("apparmor", &probe, &|sc| {
+                sc.apparmor = Some(api::SecurityProfile {
+                    profile_type: api::security_profile::ProfileType::Localhost as i32,
+                    localhost_ref: "wasmpod-nope".into(),
+                })
+            }),
+            &["apparmor"],
+        ),
+    ];
+    for (config, needles) in cases {
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let err = match pod.start(&config) {
+            Ok(id) => bail!("{name}: container {id} started"),
+            Err(e) => format!("{e:#}"),
+        };
+        eprintln!("{name}: {err}");
+        for n in needles {
+            ensure!(
+                err.to_lowercase().contains(&n.to_lowercase()),
+                "{name}: {n:?} not in {err}"
+            );
+        }
+    }
+    // the pod is fine: a good container still runs
+    let ok = container_config("ok", &probe, &[], &["args", "still fine"]);
+    let (code, log) = one_shot(&cri, &mut pod, &ok)?;
+    ensure!(code == 0 && log.contains("still fine"), "{code} {log:?}");
+    pod.remove()?;
+    cd.assert_no_leftovers()
 }
