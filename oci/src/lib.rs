@@ -3,8 +3,11 @@
 //!
 //! - [`plan`] turns an OCI runtime spec (the bundle's `config.json` that
 //!   containerd hands the shim) into a [`plan::RunPlan`]: what the Wasm guest
-//!   may see (args, env, cwd, root and bind mounts) and how to find its entry
-//!   point. The shim executes plans; it never reads the spec itself.
+//!   may see (args, env, cwd, root and mounts), how to find its entry point,
+//!   and the sandbox its process gets (namespaces, user, capabilities,
+//!   rlimits, sysctls, LSM labels). The shim executes plans; it never reads
+//!   the spec itself. [`spec_check`] names the field of a value the typed
+//!   spec refuses.
 //! - [`image`] builds classic images (the `.wasm` in a tar layer) and
 //!   [`artifact`] Wasm OCI artifacts (raw `.wasm` layers), both from the
 //!   blobs and canonical JSON of [`blob`]; [`layout`] writes either as an

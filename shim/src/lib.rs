@@ -11,9 +11,10 @@
 //! Modules, by the process they run in:
 //! - [`actions`]: the one-shot `start`, `delete` and `-info` runs of the binary;
 //! - [`server`]: the shim server (task API, containers, events, exits, stdio,
-//!   rootfs, cgroups, artifact layers from containerd);
-//! - [`runner`]: the runner process (namespaces, wasmtime and WASI, HTTP
-//!   components, the module cache);
+//!   rootfs, cgroups, runtime options, seccomp programs, artifact layers from
+//!   containerd);
+//! - [`runner`]: the runner process (the container's OCI sandbox, wasmtime
+//!   and WASI, HTTP components, the module cache);
 //! - [`linux`]: a pod's Linux containers through runc, and their terminals;
 //! - shared by both sides: [`control`] (the shim ↔ runner protocol),
 //!   [`error`] (the one mapping to ttrpc codes), [`spans`] (timing of `Create`);

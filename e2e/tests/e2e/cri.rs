@@ -331,8 +331,8 @@ fn shared_process_namespace_of_a_pod() -> Result<()> {
     ensure!(out.exit_code == 7, "exec into the Wasm container: {out:?}");
     pod.remove()?;
 
-    // kubelet's default: a PID namespace per container; the runner stays in
-    // the shim's, not the sandbox's
+    // kubelet's default: a PID namespace per container, whose pid 1 the
+    // runner is, as runc's container process is of its own
     let mut pod = Pod::run(&cd, &cri, Pod::config(&cd, "own-pids"), HANDLER)?;
     let app_id = pod.start(&container_config("app", &probe, &[], &["sleep", "300"]))?;
     let runner = runner_pid(&cd, &app_id)?;
@@ -341,9 +341,13 @@ fn shared_process_namespace_of_a_pod() -> Result<()> {
         pid_namespace(runner)? != sandbox_ns,
         "runner {runner} joined the sandbox's PID namespace without shareProcessNamespace"
     );
+    let status = std::fs::read_to_string(format!("/proc/{runner}/status"))?;
     ensure!(
-        pid_namespace(runner)? == pid_namespace(i32::try_from(std::process::id())?)?,
-        "runner {runner} is in a PID namespace of its own"
+        pid_namespace(runner)? != pid_namespace(i32::try_from(std::process::id())?)?
+            && status
+                .lines()
+                .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1")),
+        "runner {runner} is not pid 1 of a PID namespace of its own: {status}"
     );
     pod.remove()?;
     cd.assert_no_leftovers()

@@ -129,6 +129,16 @@ impl Volumes {
 /// limits.
 fn kernel_view(pid: i32) -> Result<BTreeMap<String, String>> {
     let mut out = wasmpod_e2e::procfs::sandbox_status(pid)?;
+    // how many PID namespaces deep: the node's, and the container's own
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let nspid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .unwrap_or_default();
+    out.insert(
+        "PID namespace levels".into(),
+        nspid.split_whitespace().count().to_string(),
+    );
     for line in fs::read_to_string(format!("/proc/{pid}/limits"))?
         .lines()
         .skip(1)
@@ -278,6 +288,18 @@ fn restricted_pod_gets_the_sandbox_runc_gives_it() -> Result<()> {
     );
     own_mount_namespace(runner, "/probe.wasm", "wasm-restricted")?;
     own_mount_namespace(sleeper, "/bin/busybox", "runc-restricted")?;
+    // each the first process of a PID namespace of its own
+    for pid in [runner, sleeper] {
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let nspid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .unwrap_or_default();
+        ensure!(
+            nspid.split_whitespace().last() == Some("1"),
+            "process {pid}: NSpid {nspid:?}"
+        );
+    }
     let (wasm_mounts, mut runc_mounts) = (mount_table(runner)?, mount_table(sleeper)?);
     // the one known difference (docs/security.md): the spec's `ro` on the
     // cgroup v1 tmpfs, which runc 1.1 leaves writable, is honoured
@@ -306,11 +328,13 @@ fn restricted_pod_gets_the_sandbox_runc_gives_it() -> Result<()> {
         let runc_exec = runc_exec_view(&cd, &cri2, &sh_id, sleeper)?;
         let wasm_exec = settled_view(exec_runner, &runc_exec)?;
         own_mount_namespace(exec_runner, "/probe.wasm", "wasm-restricted")?;
-        ensure!(
-            fs::read_link(format!("/proc/{exec_runner}/ns/mnt"))?
-                == fs::read_link(format!("/proc/{runner}/ns/mnt"))?,
-            "the exec'd runner is not in the container's mount namespace"
-        );
+        for ns in ["mnt", "pid"] {
+            ensure!(
+                fs::read_link(format!("/proc/{exec_runner}/ns/{ns}"))?
+                    == fs::read_link(format!("/proc/{runner}/ns/{ns}"))?,
+                "the exec'd runner is not in the container's {ns} namespace"
+            );
+        }
         let out = wasm_sleep
             .join()
             .map_err(|_| anyhow::anyhow!("exec thread panicked"))??;
@@ -704,5 +728,71 @@ fn bad_security_contexts_fail_create_and_say_why() -> Result<()> {
     let (code, log) = one_shot(&cri, &mut pod, &ok)?;
     ensure!(code == 0 && log.contains("still fine"), "{code} {log:?}");
     pod.remove()?;
+    cd.assert_no_leftovers()
+}
+
+/// The capability sets across the uid change, as an `execve` leaves them
+/// under runc: root with containerd's defaults, root with one added and one
+/// dropped, and a non-root user with one added (which lands in the
+/// bounding, permitted and inheritable sets but, without ambient, not in
+/// the effective one).
+#[test]
+fn capability_sets_match_runc_for_root_and_users() -> Result<()> {
+    let cd = cri_containerd()?;
+    let cri = cd.cri()?;
+    let probe = cri_probe_image(&cd, P2)?;
+    cd.cri_import(&busybox_image(BUSYBOX)?, BUSYBOX)?;
+    let mut wasm = Pod::run(&cd, &cri, Pod::config(&cd, "caps-wasm"), HANDLER)?;
+    let mut plain = Pod::run(&cd, &cri, Pod::config(&cd, "caps-runc"), "")?;
+    // name, uid, capabilities added, dropped
+    type Case<'a> = (&'a str, Option<i64>, &'a [&'a str], &'a [&'a str]);
+    let cases: [Case; 3] = [
+        ("root-default", None, &[], &[]),
+        ("root-edited", None, &["SYS_TIME"], &["NET_RAW"]),
+        ("user-added", Some(1000), &["NET_BIND_SERVICE"], &[]),
+    ];
+    for (name, uid, add, drop) in cases {
+        let edit = |mut c: api::ContainerConfig| {
+            let sc = c
+                .linux
+                .get_or_insert_with(Default::default)
+                .security_context
+                .get_or_insert_with(Default::default);
+            sc.run_as_user = uid.map(|value| api::Int64Value { value });
+            sc.capabilities = Some(api::Capability {
+                add_capabilities: add.iter().map(|s| (*s).to_owned()).collect(),
+                drop_capabilities: drop.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            });
+            c
+        };
+        let app = edit(container_config(
+            &format!("{name}-wasm"),
+            &probe,
+            &[],
+            &["sleep", "300"],
+        ));
+        let app_id = wasm.start(&app)?;
+        let seconds = format!("30{}", name.len());
+        let sh = edit(container_config(
+            &format!("{name}-runc"),
+            BUSYBOX,
+            &["/bin/sleep", &seconds],
+            &[],
+        ));
+        plain.start(&sh)?;
+        let sleeper = wait_process(&cd, "busybox sleep", |p| {
+            p.argv == ["/bin/sleep", seconds.as_str()]
+        })?;
+        let runc_view = kernel_view(sleeper)?;
+        let wasm_view = settled_view(wait_runner(&cd, &app_id)?, &runc_view)?;
+        ensure!(
+            wasm_view == runc_view,
+            "{name}: the Wasm container's process differs from runc's:\n{}",
+            diff(&wasm_view, &runc_view)
+        );
+    }
+    wasm.remove()?;
+    plain.remove()?;
     cd.assert_no_leftovers()
 }

@@ -125,8 +125,9 @@ pub enum NamespaceKind {
     Ipc,
     /// Hostname and domain name.
     Uts,
-    /// Process ids: only ever joined, through [`RunPlan::pid_namespace`]
-    /// (never in [`RunPlan::namespaces`]).
+    /// Process ids: through [`RunPlan::pid_namespace`] and
+    /// [`RunPlan::new_pid_namespace`] (never in [`RunPlan::namespaces`]):
+    /// the shim starts the runner in it.
     Pid,
     /// Mounts: through [`RunPlan::mount_namespace`] only.
     Mount,
@@ -235,10 +236,12 @@ pub struct RunPlan {
     /// names an existing one: a pod that shares its process namespace
     /// (`shareProcessNamespace: true`), held by the sandbox. The shim forks
     /// the runner into it, so the pod's other containers see it in `ps`.
-    /// A new PID namespace (no path) is not created: the guest cannot see
-    /// processes either way, and the runner stays in the shim's.
     #[serde(default)]
     pub pid_namespace: Option<PathBuf>,
+    /// The spec asks for a PID namespace of the container's own (no path):
+    /// the shim starts the runner as its pid 1.
+    #[serde(default)]
+    pub new_pid_namespace: bool,
     /// `process.terminal`: a Wasm guest cannot drive a terminal, so the shim
     /// refuses it for Wasm; a pod's Linux containers get one from runc.
     pub terminal: bool,
@@ -378,11 +381,11 @@ impl RunPlan {
                 kind: NamespaceKind::Mount,
                 path: ns_path(ns),
             });
-        let pid_namespace = spec_namespaces
+        let pid = spec_namespaces
             .iter()
-            .filter(|ns| ns.typ() == LinuxNamespaceType::Pid)
-            .filter_map(ns_path)
-            .next_back();
+            .rfind(|ns| ns.typ() == LinuxNamespaceType::Pid);
+        let pid_namespace = pid.and_then(ns_path);
+        let new_pid_namespace = pid.is_some() && pid_namespace.is_none();
 
         let masked_paths = linux
             .and_then(|l| l.masked_paths().clone())
@@ -491,6 +494,7 @@ impl RunPlan {
             hostname,
             domainname,
             pid_namespace,
+            new_pid_namespace,
             terminal: process.terminal().unwrap_or(false),
             user,
             capabilities,
@@ -795,13 +799,18 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(plan.pid_namespace, None, "a new PID namespace is not made");
+        assert_eq!(plan.pid_namespace, None);
+        assert!(plan.new_pid_namespace, "pid without a path: a new one");
+        v["linux"] = json!({"namespaces": [{"type": "ipc"}]});
+        let plan = RunPlan::from_spec(&spec(v.clone()), Path::new("/b")).unwrap();
+        assert!(!plan.new_pid_namespace, "no pid entry: the shim's");
         v["linux"] = json!({"namespaces": [{"type": "pid", "path": "/proc/7/ns/pid"}]});
         let plan = RunPlan::from_spec(&spec(v.clone()), Path::new("/b")).unwrap();
         assert_eq!(
             plan.pid_namespace.as_deref(),
             Some(Path::new("/proc/7/ns/pid"))
         );
+        assert!(!plan.new_pid_namespace);
         assert!(plan.namespaces.is_empty());
         v["linux"] = json!({"cgroupsPath": "/ns/../etc"});
         assert!(matches!(

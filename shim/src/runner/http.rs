@@ -310,6 +310,12 @@ async fn accept_loop(id: &str, port: u16, server: Arc<Server>) -> i32 {
             return 1;
         }
     };
+    // SIGTERM drains: not the runner's exit-at-once handler (which tokio's
+    // would chain to) when it is pid 1 of its namespace
+    if let Err(e) = crate::sys::sandbox::default_action(libc::SIGTERM) {
+        eprintln!("wasmpod: container {id}: SIGTERM: {e}");
+        return 1;
+    }
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

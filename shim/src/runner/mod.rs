@@ -50,6 +50,14 @@ impl RunnerError {
 
 /// Entry point of runner mode; returns the process exit code.
 pub fn main() -> i32 {
+    // pid 1 of the container's own PID namespace: signals from the shim
+    // must still end it as they end any process
+    if std::process::id() == 1 {
+        if let Err(e) = sys::sandbox::exit_on_terminating_signals() {
+            eprintln!("wasmpod runner: signal handlers: {e}");
+            return 2;
+        }
+    }
     let control = match sys::spawn::take_control_socket() {
         Ok(s) => s,
         Err(e) => {

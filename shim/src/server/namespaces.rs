@@ -1,7 +1,8 @@
-//! The namespaces the shim itself puts a runner into: a pod's shared PID
-//! namespace (which a running process cannot enter, so the runner is started
-//! inside it), and, for an exec'd Wasm process, the namespaces of the
-//! container's runner, opened here and joined by the new runner.
+//! The namespaces the shim itself puts a runner into: a PID namespace
+//! (which a running process cannot enter, so the runner is started inside
+//! it): the pod's shared one, or a new one whose pid 1 the runner is; and,
+//! for an exec'd Wasm process, the namespaces of the container's runner,
+//! opened here and joined by the new runner.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -48,6 +49,28 @@ pub fn in_pid_namespace<R: Send>(
     })
 }
 
+/// Runs `spawn` on a thread that has unshared a new PID namespace, so the
+/// process it starts is pid 1 of a namespace of its own (the spec's `pid`
+/// namespace without a path), as runc starts a container's init. As with
+/// [`in_pid_namespace`], no other thread of the shim is affected.
+pub fn in_new_pid_namespace<R: Send>(
+    spawn: impl FnOnce() -> R + Send,
+) -> Result<R, NamespaceFileError> {
+    let err = |source| NamespaceFileError {
+        path: "(a new PID namespace)".into(),
+        source,
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(|e| err(e.into()))?;
+                Ok(spawn())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(err(std::io::Error::other("spawning thread panicked"))))
+    })
+}
+
 /// Points `plan`'s namespaces at those of the running process `pid` (the
 /// container's runner), opened now: the returned files must stay open until
 /// the new runner has joined them, through this process's `/proc/PID/fd`
@@ -58,7 +81,10 @@ pub fn share_with(pid: i32, plan: &mut RunPlan) -> Result<Vec<File>, NamespaceFi
         .namespaces
         .iter()
         .map(|ns| ns.kind)
-        .chain(plan.pid_namespace.as_ref().map(|_| NamespaceKind::Pid))
+        // the runner's own PID namespace, or the pod's it joined
+        .chain(
+            (plan.pid_namespace.is_some() || plan.new_pid_namespace).then_some(NamespaceKind::Pid),
+        )
         .chain(plan.mount_namespace.as_ref().map(|_| NamespaceKind::Mount))
         .collect::<Vec<_>>();
     let mut held = Vec::with_capacity(kinds.len());
@@ -76,6 +102,7 @@ pub fn share_with(pid: i32, plan: &mut RunPlan) -> Result<Vec<File>, NamespaceFi
             format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd()).into();
         if kind == NamespaceKind::Pid {
             plan.pid_namespace = Some(fd_path);
+            plan.new_pid_namespace = false;
         } else if kind == NamespaceKind::Mount {
             plan.mount_namespace = Some(wasmpod_oci::plan::NamespacePlan {
                 kind,

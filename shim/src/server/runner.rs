@@ -120,16 +120,20 @@ impl Runner {
                 .map(|pid| (pid, false))
                 .map_err(|e| runner_err("spawn", e))
         };
-        let (pid, born_in_cgroup) =
-            match &request.plan.pid_namespace {
-                Some(ns) => crate::server::namespaces::in_pid_namespace(ns, launch).map_err(
-                    |source| Error::Namespace {
-                        id: id.to_owned(),
-                        source,
-                    },
-                )??,
-                None => launch()?,
-            };
+        let ns_err = |source| Error::Namespace {
+            id: id.to_owned(),
+            source,
+        };
+        let plan = &request.plan;
+        let (pid, born_in_cgroup) = match (&plan.pid_namespace, plan.new_pid_namespace) {
+            (Some(ns), _) => {
+                crate::server::namespaces::in_pid_namespace(ns, launch).map_err(ns_err)??
+            }
+            (None, true) => {
+                crate::server::namespaces::in_new_pid_namespace(launch).map_err(ns_err)??
+            }
+            (None, false) => launch()?,
+        };
         drop(files);
         drop(theirs);
         spans.mark(if born_in_cgroup {

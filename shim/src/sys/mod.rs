@@ -3,7 +3,8 @@
 //! of the crate is `#![deny(unsafe_code)]`.
 //!
 //! The calls that need root and change the process or the node (namespaces,
-//! mounts, signals) go through the [`Sys`] trait: [`Linux`] makes them, and
+//! mounts, signals, credentials, capabilities, seccomp) go through the
+//! [`Sys`] trait: [`Linux`] makes them, and
 //! the recording double of the unit tests ([`recording`]) writes them down,
 //! so namespace and mount logic is tested, step by step and in order, as any
 //! user.

@@ -238,6 +238,65 @@ pub fn configure_hosts_lookup(services: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The signals whose default action ends a process, but for the ones
+/// wasmtime handles itself (SIGSEGV, SIGBUS, SIGILL, SIGFPE), SIGABRT
+/// (abort falls back to a fault), SIGPIPE (ignored by Rust's runtime) and
+/// SIGKILL, SIGSTOP (always delivered).
+const TERMINATING: [libc::c_int; 14] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+    libc::SIGPWR,
+    libc::SIGSTKFLT,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+];
+
+extern "C" fn exit_by_signal(signal: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe and ends the process at once.
+    unsafe { libc::_exit(128 + signal) }
+}
+
+/// A process that is pid 1 of its PID namespace ignores every signal it
+/// has no handler for, even from the shim outside it (only SIGKILL and
+/// SIGSTOP are forced): for those that would end it, handlers that do
+/// what the default action would, `_exit(128 + signal)`, the status a
+/// process killed by the signal reports.
+pub fn exit_on_terminating_signals() -> std::io::Result<()> {
+    for signal in TERMINATING {
+        // SAFETY: a zeroed sigaction with a plain handler, an empty mask
+        // and no flags is valid; the handler only calls _exit.
+        let rc = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction =
+                exit_by_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Gives `signal` its default action again (before another handler is
+/// installed for it).
+pub fn default_action(signal: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: signal(2) with SIG_DFL touches no memory of ours.
+    if unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Waits up to `timeout` for this process to be down to one thread (a
 /// compiler pool's threads end just after they say they have); returns the
 /// count last seen.
