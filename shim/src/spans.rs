@@ -41,6 +41,13 @@ impl Spans {
             .extend(steps.iter().map(|(n, ms)| (format!("{prefix}{n}"), *ms)));
     }
 
+    /// Adds steps timed elsewhere that took the time since the last step
+    /// (a nested span's): the next step starts now.
+    pub fn extend_nested(&mut self, prefix: &str, steps: &[(String, f64)]) {
+        self.extend(prefix, steps);
+        self.last = Instant::now();
+    }
+
     /// The steps so far, in milliseconds.
     pub fn steps(&self) -> &[(String, f64)] {
         &self.steps
@@ -75,8 +82,15 @@ mod tests {
         s.mark("a");
         s.extend("runner ", &[("load".into(), 2.0)]);
         s.mark("b");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.extend_nested("", &[("nested".into(), 20.0)]);
+        s.mark("c");
+        assert!(
+            s.steps().last().unwrap().1 < 15.0,
+            "c does not count nested's time"
+        );
         let names: Vec<_> = s.steps().iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["a", "runner load", "b"]);
+        assert_eq!(names, ["a", "runner load", "b", "nested", "c"]);
         assert!(s.steps().iter().all(|(_, ms)| *ms >= 0.0));
         assert!(s.to_string().contains("runner load 2.0"));
     }

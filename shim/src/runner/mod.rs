@@ -150,7 +150,7 @@ fn prepare(
     };
     spans.mark("read");
     let loaded = engine::load(plan, req.cache.as_ref(), entrypoint, bytes)?;
-    spans.extend("", loaded.info.spans.steps());
+    spans.extend_nested("", loaded.info.spans.steps());
     let guest = sandbox::after_load(sys, plan, mounts)?;
     spans.mark("sandbox");
     let prepared = loaded.with_guest(plan, guest)?;

@@ -32,12 +32,13 @@ pub struct Env {
 impl Env {
     /// The environment of a server for `containerd`'s namespace.
     pub fn new(containerd: Containerd, events: Box<dyn Events>) -> Env {
+        let cache = CacheConfig::from_env();
         Env {
             runc: Runc::new(&containerd.namespace),
             containerd,
-            cache: CacheConfig::from_env(),
+            seccomp: crate::server::seccomp::Programs::new(cache.as_ref().map(|c| c.dir.as_path())),
+            cache,
             exits: ExitRouter::default(),
-            seccomp: Default::default(),
             events,
             sys: Box::new(crate::sys::Linux),
             #[cfg(test)]

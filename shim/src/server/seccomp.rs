@@ -19,12 +19,16 @@
 //! an older kernel. `SCMP_ACT_NOTIFY` needs a seccomp agent wasmpod does not
 //! run: a profile that uses it is refused.
 //!
-//! Compiling RuntimeDefault takes a few milliseconds; programs are cached
-//! by the profile's JSON, so a pod pays it once.
+//! Compiling RuntimeDefault takes about 12 ms; programs are cached by the
+//! profile, in the shim and on the node ([`Programs`]), so a node pays it
+//! once per profile.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
 
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
@@ -350,24 +354,118 @@ fn label_key(l: Label) -> (u8, usize) {
     }
 }
 
-/// Compiled programs of this shim, by the profile's JSON.
+/// Compiled programs, by the profile: in this shim's memory, and on the
+/// node in the module cache's directory (`<cache>/seccomp/<key>.bpf`), so
+/// that a pod's first container does not pay the compile either (about
+/// 12 ms for RuntimeDefault). The key hashes the profile's JSON with
+/// libseccomp's version and this format's; each file holds its program's
+/// sha256, checked on every read: a damaged file is compiled again and
+/// replaced, never loaded. Whoever may write the directory is trusted, as
+/// for the compiled Wasm in it.
 #[derive(Default)]
-pub struct Programs(Mutex<HashMap<String, SeccompProgram>>);
+pub struct Programs {
+    memory: Mutex<HashMap<String, SeccompProgram>>,
+    node: Option<PathBuf>,
+}
+
+/// Changes when the program for a profile would change (the ENOSYS stub,
+/// the translation).
+const FORMAT: &str = "wasmpod-seccomp-1";
 
 impl Programs {
-    /// The program of `profile`, compiled once per shim.
-    pub fn get(&self, profile: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
-        let key = serde_json::to_string(profile).unwrap_or_default();
-        if let Some(p) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(p.clone());
+    /// Programs cached in this process only, and below `node_cache` when
+    /// given.
+    pub fn new(node_cache: Option<&Path>) -> Programs {
+        Programs {
+            memory: Mutex::default(),
+            node: node_cache.map(|d| d.join("seccomp")),
         }
-        let program = compile(profile)?;
-        self.0
+    }
+
+    /// The program of `profile`, compiled once per node (or per shim,
+    /// without a writable cache).
+    pub fn get(&self, profile: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
+        let json = serde_json::to_string(profile).unwrap_or_default();
+        if let Some(p) = self
+            .memory
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, program.clone());
+            .get(&json)
+        {
+            return Ok(p.clone());
+        }
+        let file = self
+            .node
+            .as_ref()
+            .map(|dir| dir.join(format!("{}.bpf", node_key(&json))));
+        let cached = file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|bytes| decode(&bytes));
+        let program = match cached {
+            Some(p) => p,
+            None => {
+                let p = compile(profile)?;
+                if let (Some(dir), Some(file)) = (&self.node, &file) {
+                    if let Err(e) = store(dir, file, &p) {
+                        log::debug!("seccomp: cache {}: {e}", file.display());
+                    }
+                }
+                p
+            }
+        };
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(json, program.clone());
         Ok(program)
     }
+}
+
+fn node_key(json: &str) -> String {
+    let v = libseccomp::ScmpVersion::current()
+        .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
+        .unwrap_or_default();
+    let mut h = Sha256::new();
+    for part in [FORMAT, v.as_str(), json] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// `sha256(flags ‖ program) ‖ flags (LE) ‖ program`.
+fn encode(p: &SeccompProgram) -> Vec<u8> {
+    let mut body = p.flags.to_le_bytes().to_vec();
+    body.extend_from_slice(&p.program);
+    let mut out = Sha256::digest(&body).to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode(bytes: &[u8]) -> Option<SeccompProgram> {
+    let (digest, body) = bytes.split_at_checked(32)?;
+    if Sha256::digest(body).as_slice() != digest || body.len() < 4 + 8 {
+        return None;
+    }
+    let (flags, program) = body.split_at(4);
+    if !program.len().is_multiple_of(8) {
+        return None;
+    }
+    Some(SeccompProgram {
+        program: program.to_vec(),
+        flags: u32::from_le_bytes(flags.try_into().ok()?),
+    })
+}
+
+fn store(dir: &Path, file: &Path, p: &SeccompProgram) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".seccomp-")
+        .tempfile_in(dir)?;
+    std::io::Write::write_all(&mut tmp, &encode(p))?;
+    tmp.persist(file).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -49,12 +49,15 @@ pub async fn launch(
     located: Located,
 ) -> Result<Launched> {
     let id = req.id.as_str();
-    plan.seccomp = seccomp(env, id, spec)?;
     let paths = StdioPaths::of_create(req);
     if paths.terminal || plan.terminal {
         return Err(Error::request(id, RequestError::Terminal));
     }
     let mut spans = crate::spans::Spans::new();
+    plan.seccomp = seccomp(env, id, spec)?;
+    if plan.seccomp.is_some() {
+        spans.mark("seccomp");
+    }
     // Not in the rootfs: the image may be a Wasm artifact whose layer
     // containerd stored but did not unpack.
     let mut fetched = None;

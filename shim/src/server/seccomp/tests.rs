@@ -191,6 +191,36 @@ fn what_cannot_be_compiled_is_named() {
 }
 
 #[test]
+fn programs_are_kept_on_the_node_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = runtime_default("1.6");
+    let first = Programs::new(Some(dir.path())).get(&p).unwrap();
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("seccomp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    // another shim finds it
+    let started = std::time::Instant::now();
+    assert_eq!(Programs::new(Some(dir.path())).get(&p).unwrap(), first);
+    assert!(started.elapsed() < std::time::Duration::from_millis(5));
+    // a damaged file is compiled again and replaced, never loaded
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&files[0], &bytes).unwrap();
+    assert_eq!(Programs::new(Some(dir.path())).get(&p).unwrap(), first);
+    assert_eq!(
+        decode(&std::fs::read(&files[0]).unwrap()).as_ref(),
+        Some(&first)
+    );
+    assert_eq!(decode(&bytes[..10]), None);
+    // an unwritable cache only costs the compile
+    let none = Programs::new(Some(Path::new("/proc/wasmpod-no-such-cache")));
+    assert_eq!(none.get(&p).unwrap(), first);
+}
+
+#[test]
 fn programs_are_compiled_once_per_profile() {
     let programs = Programs::default();
     let p = runtime_default("1.7");
