@@ -223,52 +223,10 @@ fn kubernetes(cd: &Containerd, hello_tar: &str) -> Result<()> {
     Ok(())
 }
 
-/// `config` as kubelet sends a container of a PodSecurity-"restricted" pod
-/// (`runAsNonRoot` with `runAsUser: 65532`, `allowPrivilegeEscalation:
-/// false`, `capabilities.drop: [ALL]`, `seccompProfile: RuntimeDefault`),
-/// with kubelet's default masked and read-only paths.
-fn restricted_config(mut config: api::ContainerConfig) -> api::ContainerConfig {
-    let sc = config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default);
-    sc.run_as_user = Some(api::Int64Value { value: 65532 });
-    sc.run_as_group = Some(api::Int64Value { value: 65532 });
-    sc.no_new_privs = true;
-    sc.capabilities = Some(api::Capability {
-        drop_capabilities: vec!["ALL".into()],
-        ..Default::default()
-    });
-    sc.seccomp = Some(api::SecurityProfile {
-        profile_type: api::security_profile::ProfileType::RuntimeDefault as i32,
-        ..Default::default()
-    });
-    sc.masked_paths = [
-        "/proc/asound",
-        "/proc/acpi",
-        "/proc/kcore",
-        "/proc/keys",
-        "/proc/latency_stats",
-        "/proc/timer_list",
-        "/proc/timer_stats",
-        "/proc/sched_debug",
-        "/proc/scsi",
-        "/sys/firmware",
-        "/sys/devices/virtual/powercap",
-    ]
-    .map(String::from)
-    .to_vec();
-    sc.readonly_paths = [
-        "/proc/bus",
-        "/proc/fs",
-        "/proc/irq",
-        "/proc/sys",
-        "/proc/sysrq-trigger",
-    ]
-    .map(String::from)
-    .to_vec();
-    config
+/// A restricted container running as 65532, as `runAsNonRoot` pods
+/// (distroless's `nonroot`) do.
+fn restricted_config(config: api::ContainerConfig) -> api::ContainerConfig {
+    wasmpod_e2e::cri::restricted(config, 65532)
 }
 
 /// A restricted Wasm pod beside a restricted runc pod: hello, an HTTP

@@ -76,6 +76,64 @@ pub fn container_config(
     }
 }
 
+/// The container's security context, made if it has none.
+pub fn security_context(
+    config: &mut api::ContainerConfig,
+) -> &mut api::LinuxContainerSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// The paths kubelet masks in every container (its defaults for
+/// `procMount: Default`).
+pub const KUBELET_MASKED_PATHS: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// The paths kubelet makes read-only in every container.
+pub const KUBELET_READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// `config` as kubelet sends a container of a PodSecurity-"restricted" pod
+/// running as `uid`:`uid` (`runAsNonRoot`, `allowPrivilegeEscalation:
+/// false`, `capabilities.drop: [ALL]`, `seccompProfile: RuntimeDefault`),
+/// with kubelet's masked and read-only paths.
+pub fn restricted(mut config: api::ContainerConfig, uid: i64) -> api::ContainerConfig {
+    let sc = security_context(&mut config);
+    sc.run_as_user = Some(api::Int64Value { value: uid });
+    sc.run_as_group = Some(api::Int64Value { value: uid });
+    sc.no_new_privs = true;
+    sc.capabilities = Some(api::Capability {
+        drop_capabilities: vec!["ALL".into()],
+        ..Default::default()
+    });
+    sc.seccomp = Some(api::SecurityProfile {
+        profile_type: api::security_profile::ProfileType::RuntimeDefault as i32,
+        ..Default::default()
+    });
+    sc.masked_paths = KUBELET_MASKED_PATHS.map(String::from).to_vec();
+    sc.readonly_paths = KUBELET_READONLY_PATHS.map(String::from).to_vec();
+    config
+}
+
 /// `config` with `memory_limit_in_bytes` set (what kubelet sends for
 /// `resources.limits.memory`).
 pub fn with_memory_limit(mut config: api::ContainerConfig, bytes: i64) -> api::ContainerConfig {

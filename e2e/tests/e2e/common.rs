@@ -49,6 +49,17 @@ pub fn image_tar(
         path: "data".into(),
         mode: 0o755,
     });
+    image_tar_of(cd, reference, entries, entrypoint)
+}
+
+/// Writes an image tar (in the harness' directory) of one layer holding
+/// `entries`, with `entrypoint`; returns its path.
+pub fn image_tar_of(
+    cd: &Containerd,
+    reference: &str,
+    entries: Vec<Entry>,
+    entrypoint: &[&str],
+) -> Result<std::path::PathBuf> {
     let spec = ImageSpec {
         reference: reference.to_owned(),
         entries,

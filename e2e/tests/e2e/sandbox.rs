@@ -2,15 +2,14 @@
 //! limits: links and `..` that point out of the rootfs, writes of every kind
 //! to read-only mounts, runaway recursion, deeply nested and huge modules.
 
-use std::collections::BTreeMap;
 use std::fs;
 
 use anyhow::{ensure, Result};
 use wasmpod_e2e::guests::guest;
 use wasmpod_e2e::{Containerd, ContainerdOptions, Output};
-use wasmpod_oci::image::{write_image_tar, Entry, ImageSpec};
+use wasmpod_oci::image::Entry;
 
-use crate::common::{import, run, P1, P2};
+use crate::common::{image_tar_of, import, run, P1, P2};
 
 /// What the host has and no image here has: the test fails if a guest
 /// ever prints it.
@@ -20,9 +19,10 @@ const HOST_ONLY: &str = "root:x:0:0";
 /// rootfs if resolved on the host.
 fn escape_image(cd: &Containerd, target: &str) -> Result<String> {
     let reference = format!("docker.io/wasmpod/escape:{}", &target[10..]);
-    let spec = ImageSpec {
-        reference: reference.clone(),
-        entries: vec![
+    let tar = image_tar_of(
+        cd,
+        &reference,
+        vec![
             Entry::File {
                 path: "probe.wasm".into(),
                 data: fs::read(guest(target, "probe")?)?,
@@ -45,16 +45,8 @@ fn escape_image(cd: &Containerd, target: &str) -> Result<String> {
                 target: "/proc/self/root/etc".into(),
             },
         ],
-        entrypoint: vec!["/probe.wasm".into()],
-        cmd: vec![],
-        env: vec![],
-        working_dir: None,
-        os: "linux".into(),
-        architecture: "amd64".into(),
-        annotations: BTreeMap::new(),
-    };
-    let tar = cd.tempdir().join(format!("escape-{}.tar", &target[10..]));
-    write_image_tar(&spec, fs::File::create(&tar)?)?;
+        &["/probe.wasm"],
+    )?;
     cd.ctr(&["images", "import", &tar.to_string_lossy()])?;
     Ok(reference)
 }

@@ -14,14 +14,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use wasmpod_e2e::cri::{api, container_config, Pod, HANDLER};
+use wasmpod_e2e::cri::{api, container_config, security_context, Pod, HANDLER};
 use wasmpod_e2e::dns::DnsServer;
 use wasmpod_e2e::guests::http_guest;
 use wasmpod_e2e::images::{busybox_image, wasm_image};
 use wasmpod_e2e::procfs::{wait_process, wait_runner};
 use wasmpod_e2e::{Containerd, ContainerdOptions};
 
-use crate::common::{cri_probe_image, P2};
+use crate::common::{cri_probe_image, image_tar_of, P2};
 
 const BUSYBOX: &str = "docker.io/wasmpod-e2e/busybox:security";
 
@@ -35,47 +35,12 @@ fn cri_containerd() -> Result<Containerd> {
 /// What `kubectl` sends for a PodSecurity "restricted" container that also
 /// runs as 1000:1000 with group 2000 and `oom_score_adj` 777, with two
 /// hostPath volumes (`/ro` read-only, `/rw`) and kubelet's `/etc/hosts`.
-fn restricted(mut config: api::ContainerConfig, volumes: &Volumes) -> api::ContainerConfig {
-    let linux = config.linux.get_or_insert_with(Default::default);
-    let sc = linux.security_context.get_or_insert_with(Default::default);
-    sc.run_as_user = Some(api::Int64Value { value: 1000 });
-    sc.run_as_group = Some(api::Int64Value { value: 1000 });
-    sc.supplemental_groups = vec![2000];
-    sc.no_new_privs = true;
-    sc.capabilities = Some(api::Capability {
-        drop_capabilities: vec!["ALL".into()],
-        ..Default::default()
-    });
-    sc.seccomp = Some(api::SecurityProfile {
-        profile_type: api::security_profile::ProfileType::RuntimeDefault as i32,
-        ..Default::default()
-    });
-    // what kubelet always sends (its defaults for procMount: Default)
-    sc.masked_paths = [
-        "/proc/asound",
-        "/proc/acpi",
-        "/proc/kcore",
-        "/proc/keys",
-        "/proc/latency_stats",
-        "/proc/timer_list",
-        "/proc/timer_stats",
-        "/proc/sched_debug",
-        "/proc/scsi",
-        "/sys/firmware",
-        "/sys/devices/virtual/powercap",
-    ]
-    .map(String::from)
-    .to_vec();
-    sc.readonly_paths = [
-        "/proc/bus",
-        "/proc/fs",
-        "/proc/irq",
-        "/proc/sys",
-        "/proc/sysrq-trigger",
-    ]
-    .map(String::from)
-    .to_vec();
-    linux
+fn restricted(config: api::ContainerConfig, volumes: &Volumes) -> api::ContainerConfig {
+    let mut config = wasmpod_e2e::cri::restricted(config, 1000);
+    security_context(&mut config).supplemental_groups = vec![2000];
+    config
+        .linux
+        .get_or_insert_with(Default::default)
         .resources
         .get_or_insert_with(Default::default)
         .oom_score_adj = 777;
@@ -635,40 +600,24 @@ fn slice_cgroup_parent_on_a_cgroupfs_node() -> Result<()> {
 /// the image cannot resolve, an AppArmor profile on a node without it.
 #[test]
 fn bad_security_contexts_fail_create_and_say_why() -> Result<()> {
-    use wasmpod_oci::image::{write_image_tar, Entry, ImageSpec};
+    use wasmpod_oci::image::Entry;
     let cd = cri_containerd()?;
     let cri = cd.cri()?;
     let probe = cri_probe_image(&cd, P2)?;
     // the module is root's alone
     let private = "docker.io/wasmpod/probe:cri-private";
-    let spec = ImageSpec {
-        reference: private.into(),
-        entries: vec![Entry::File {
-            path: "probe.wasm".into(),
-            data: fs::read(wasmpod_e2e::guests::guest(P2, "probe")?)?,
-            mode: 0o600,
-        }],
-        entrypoint: vec!["/probe.wasm".into()],
-        cmd: vec![],
-        env: vec![],
-        working_dir: None,
-        os: "linux".into(),
-        architecture: "amd64".into(),
-        annotations: BTreeMap::new(),
+    let entry = Entry::File {
+        path: "probe.wasm".into(),
+        data: fs::read(wasmpod_e2e::guests::guest(P2, "probe")?)?,
+        mode: 0o600,
     };
-    let tar = cd.tempdir().join("private.tar");
-    write_image_tar(&spec, fs::File::create(&tar)?)?;
+    let tar = image_tar_of(&cd, private, vec![entry], &["/probe.wasm"])?;
     cd.cri_import(&tar, private)?;
     let mut pod = Pod::run(&cd, &cri, Pod::config(&cd, "bad-security"), HANDLER)?;
 
     let with = |name: &str, image: &str, edit: &dyn Fn(&mut api::LinuxContainerSecurityContext)| {
         let mut c = container_config(name, image, &[], &["args", "never"]);
-        let sc = c
-            .linux
-            .get_or_insert_with(Default::default)
-            .security_context
-            .get_or_insert_with(Default::default);
-        edit(sc);
+        edit(security_context(&mut c));
         c
     };
     let cases: Vec<(api::ContainerConfig, &[&str])> = vec![
@@ -753,11 +702,7 @@ fn capability_sets_match_runc_for_root_and_users() -> Result<()> {
     ];
     for (name, uid, add, drop) in cases {
         let edit = |mut c: api::ContainerConfig| {
-            let sc = c
-                .linux
-                .get_or_insert_with(Default::default)
-                .security_context
-                .get_or_insert_with(Default::default);
+            let sc = security_context(&mut c);
             sc.run_as_user = uid.map(|value| api::Int64Value { value });
             sc.capabilities = Some(api::Capability {
                 add_capabilities: add.iter().map(|s| (*s).to_owned()).collect(),

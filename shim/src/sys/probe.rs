@@ -11,15 +11,7 @@ pub type Probe = (libc::c_long, [libc::c_long; 3]);
 /// reports; returns each syscall's result, or `-errno`. Panics when the
 /// child cannot load the program.
 pub fn under_filter(program: &[u8], flags: u32, probes: &[Probe]) -> Vec<i64> {
-    let filters: Vec<libc::sock_filter> = program
-        .chunks_exact(8)
-        .map(|c| libc::sock_filter {
-            code: u16::from_ne_bytes([c[0], c[1]]),
-            jt: c[2],
-            jf: c[3],
-            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
-        })
-        .collect();
+    let filters = super::sandbox::sock_filters(program).expect("a seccomp program");
     let prog = libc::sock_fprog {
         len: u16::try_from(filters.len()).expect("a program of at most 65535 instructions"),
         filter: filters.as_ptr().cast_mut(),

@@ -17,9 +17,9 @@ fn check(rc: libc::c_long) -> std::io::Result<libc::c_long> {
     }
 }
 
-/// Loads the seccomp filter `program` (native-endian `sock_filter`
-/// instructions) with `flags` (`SECCOMP_FILTER_FLAG_*`) into this process.
-pub fn load_seccomp(program: &[u8], flags: u32) -> std::io::Result<()> {
+/// `program` (native-endian `sock_filter` instructions, 8 bytes each) as
+/// the kernel's structs.
+pub fn sock_filters(program: &[u8]) -> std::io::Result<Vec<libc::sock_filter>> {
     const INSN: usize = std::mem::size_of::<libc::sock_filter>();
     if program.is_empty() || !program.len().is_multiple_of(INSN) {
         return Err(std::io::Error::new(
@@ -27,7 +27,7 @@ pub fn load_seccomp(program: &[u8], flags: u32) -> std::io::Result<()> {
             "a seccomp program is a whole number of 8-byte instructions",
         ));
     }
-    let filters: Vec<libc::sock_filter> = program
+    Ok(program
         .chunks_exact(INSN)
         .map(|c| libc::sock_filter {
             code: u16::from_ne_bytes([c[0], c[1]]),
@@ -35,7 +35,13 @@ pub fn load_seccomp(program: &[u8], flags: u32) -> std::io::Result<()> {
             jf: c[3],
             k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
         })
-        .collect();
+        .collect())
+}
+
+/// Loads the seccomp filter `program` (native-endian `sock_filter`
+/// instructions) with `flags` (`SECCOMP_FILTER_FLAG_*`) into this process.
+pub fn load_seccomp(program: &[u8], flags: u32) -> std::io::Result<()> {
+    let filters = sock_filters(program)?;
     let len = u16::try_from(filters.len()).map_err(|_| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "seccomp program too long")
     })?;
