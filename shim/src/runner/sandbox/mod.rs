@@ -23,7 +23,7 @@
 //! descriptors through WASI.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
@@ -33,8 +33,13 @@ use crate::control::FailureKind;
 use crate::runner::namespace;
 use crate::sys::Sys;
 
+mod cgroupfs;
+mod devices;
+pub mod guest;
 pub mod process;
 pub mod rootfs;
+
+pub use guest::{GuestFs, Preopen};
 
 /// Why the sandbox the spec asks for cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +228,7 @@ pub fn after_load(sys: &dyn Sys, plan: &RunPlan, mounts: Mounts) -> Result<Guest
             if let Some(mask) = plan.user.umask {
                 sys.umask(mask);
             }
-            let (root, procfs) = rootfs::guest_root(sys, plan, &home)?;
+            let (root, procfs) = guest::cut_root(sys, plan, &home)?;
             GuestFs::container(plan, root, procfs)
         }
         Mounts::New { rootfs, home } => {
@@ -234,7 +239,7 @@ pub fn after_load(sys: &dyn Sys, plan: &RunPlan, mounts: Mounts) -> Result<Guest
             process::sysctls(sys, plan)?;
             rootfs::readonly_paths(sys, plan)?;
             rootfs::masked_paths(sys, plan)?;
-            let (root, procfs) = rootfs::guest_root(sys, plan, &home)?;
+            let (root, procfs) = guest::cut_root(sys, plan, &home)?;
             GuestFs::container(plan, root, procfs)
         }
     };
@@ -262,81 +267,6 @@ pub fn before_guest(sys: &dyn Sys, plan: &RunPlan) -> Result<(), SandboxError> {
 /// `process.user.umask`, or runc's default 0022.
 fn umask(sys: &dyn Sys, plan: &RunPlan) {
     sys.umask(plan.user.umask.unwrap_or(0o022));
-}
-
-/// One directory the guest sees: where the runner opens it, where the guest
-/// finds it, and whether WASI itself must refuse writes (only where the
-/// kernel cannot: host paths without a mount namespace).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Preopen {
-    pub host: PathBuf,
-    pub guest: String,
-    pub readonly: bool,
-}
-
-/// The guest's file system: its preopens, opened again for each HTTP
-/// request. Holds the guest root's mount, a detached copy of the rootfs.
-#[derive(Debug)]
-pub struct GuestFs {
-    preopens: Vec<Preopen>,
-    _root: Option<OwnedFd>,
-}
-
-impl GuestFs {
-    /// Host paths, as without a mount namespace: the rootfs and the
-    /// directory binds (a tmpfs has no host path: not shown), WASI
-    /// permissions enforcing `ro`.
-    pub fn host(plan: &RunPlan) -> GuestFs {
-        let mut preopens = vec![Preopen {
-            host: plan.root.path.clone(),
-            guest: "/".into(),
-            readonly: plan.root.readonly,
-        }];
-        preopens.extend(
-            plan.binds
-                .iter()
-                .filter(|b| !b.source.as_os_str().is_empty())
-                .map(|b| Preopen {
-                    host: b.source.clone(),
-                    guest: b.destination.clone(),
-                    readonly: b.readonly,
-                }),
-        );
-        GuestFs {
-            preopens,
-            _root: None,
-        }
-    }
-
-    /// Inside the container's mount namespace (after the pivot): the root
-    /// through the detached copy `root` (reached by `<procfs>/self/fd/N`,
-    /// or `/` when the container has no procfs to hide), and each directory
-    /// mount at its destination, the kernel enforcing `ro`.
-    pub fn container(plan: &RunPlan, root: OwnedFd, procfs: Option<PathBuf>) -> GuestFs {
-        let root_path = match procfs {
-            Some(p) => p.join(format!("self/fd/{}", root.as_raw_fd())),
-            None => PathBuf::from("/"),
-        };
-        let mut preopens = vec![Preopen {
-            host: root_path,
-            guest: "/".into(),
-            readonly: false,
-        }];
-        preopens.extend(plan.binds.iter().map(|b| Preopen {
-            host: PathBuf::from(&b.destination),
-            guest: b.destination.clone(),
-            readonly: false,
-        }));
-        GuestFs {
-            preopens,
-            _root: Some(root),
-        }
-    }
-
-    /// The directories to preopen, in order.
-    pub fn preopens(&self) -> &[Preopen] {
-        &self.preopens
-    }
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).

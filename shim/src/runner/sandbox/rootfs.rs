@@ -19,31 +19,33 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::Mode;
-use wasmpod_oci::plan::mounts::{DevicePlan, MountKind, MountPlan};
+use wasmpod_oci::plan::mounts::{MountKind, MountPlan};
 use wasmpod_oci::plan::RunPlan;
 
+use super::cgroupfs::mount_cgroup;
+use super::devices::{dev_links, make_device};
 use super::SandboxError;
 use crate::sys::Sys;
 
 /// What to make of a missing last component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Create {
+pub(super) enum Create {
     Dir,
     File,
 }
 
 /// `flags` as the plan's `u64` (`c_ulong` is narrower on 32-bit targets).
 #[allow(clippy::unnecessary_cast, reason = "c_ulong is u32 on 32-bit targets")]
-fn bits(flags: MsFlags) -> u64 {
+pub(super) fn bits(flags: MsFlags) -> u64 {
     flags.bits() as u64
 }
 
-fn ms(bits: u64) -> MsFlags {
+pub(super) fn ms(bits: u64) -> MsFlags {
     MsFlags::from_bits_truncate(bits as _)
 }
 
 /// The path a descriptor is reached by, for mount(2) and friends.
-fn fd_path(fd: &impl AsRawFd) -> PathBuf {
+pub(super) fn fd_path(fd: &impl AsRawFd) -> PathBuf {
     format!("/proc/self/fd/{}", fd.as_raw_fd()).into()
 }
 
@@ -63,7 +65,7 @@ fn open_in(root: &File, rel: &str, flags: OFlag, no_symlinks: bool) -> nix::Resu
 /// Resolves `guest` (an absolute guest path) inside `root`, making the
 /// missing directories on the way, and the last component as `create`
 /// says. Returns an `O_PATH` descriptor of the target.
-fn resolve(
+pub(super) fn resolve(
     root: &File,
     guest: &str,
     create: Create,
@@ -177,7 +179,12 @@ fn make_parent_private(sys: &dyn Sys, rootfs: &Path) -> std::io::Result<()> {
     }
 }
 
-fn mount_one(sys: &dyn Sys, root: &File, rootfs: &Path, m: &MountPlan) -> Result<(), SandboxError> {
+pub(super) fn mount_one(
+    sys: &dyn Sys,
+    root: &File,
+    rootfs: &Path,
+    m: &MountPlan,
+) -> Result<(), SandboxError> {
     let err = |what: &str| {
         let what = what.to_owned();
         move |source| SandboxError::Mount {
@@ -284,264 +291,6 @@ fn set_recursive(sys: &dyn Sys, mounted: &OwnedFd, m: &MountPlan) -> std::io::Re
     // the descriptor of the mount's root, not of the directory below it
     let file = File::open(fd_path(mounted))?;
     sys.mount_setattr(file.as_fd(), set, clear, true)
-}
-
-/// `cgroup` mounts: on cgroup v2 a cgroup2 filesystem (the node's
-/// hierarchy, as runc mounts it without a cgroup namespace); on v1 a tmpfs
-/// with each hierarchy's directory of the container's own cgroup bound
-/// below it, and links for co-mounted controllers.
-fn mount_cgroup(
-    sys: &dyn Sys,
-    root: &File,
-    rootfs: &Path,
-    m: &MountPlan,
-) -> Result<(), SandboxError> {
-    let err = |what: String| {
-        move |source| SandboxError::Mount {
-            destination: m.destination.clone(),
-            what,
-            source,
-        }
-    };
-    let target =
-        resolve(root, &m.destination, Create::Dir, false).map_err(err("mount point".into()))?;
-    let unified = nix::sys::statfs::statfs("/sys/fs/cgroup")
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
-    if unified {
-        let cgroup2 = Path::new("cgroup2");
-        return sys
-            .mount(
-                Some(cgroup2),
-                &fd_path(&target),
-                Some("cgroup2"),
-                ms(m.flags),
-                None,
-            )
-            .map_err(err("cgroup2".into()));
-    }
-    let base = MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    sys.mount(
-        Some(Path::new("tmpfs")),
-        &fd_path(&target),
-        Some("tmpfs"),
-        base,
-        Some("mode=755"),
-    )
-    .map_err(err("tmpfs".into()))?;
-    let own =
-        std::fs::read_to_string("/proc/self/cgroup").map_err(err("/proc/self/cgroup".into()))?;
-    for (mountpoint, controllers) in v1_hierarchies().map_err(err("mountinfo".into()))? {
-        let Some(path) = own_path(&own, &controllers) else {
-            continue;
-        };
-        let Some(name) = mountpoint
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-        else {
-            continue;
-        };
-        let source = mountpoint.join(path.trim_start_matches('/'));
-        let dest = format!("{}/{name}", m.destination);
-        let sub = MountPlan {
-            kind: MountKind::Bind,
-            source: Some(source),
-            destination: dest.clone(),
-            flags: m.flags | bits(MsFlags::MS_BIND) | bits(MsFlags::MS_REC),
-            cleared: 0,
-            propagation: Vec::new(),
-            recursive: None,
-            data: String::new(),
-        };
-        mount_one(sys, root, rootfs, &sub)?;
-        // cpu,cpuacct → links cpu and cpuacct
-        if name.contains(',') {
-            for alias in name.split(',') {
-                let link = rootfs
-                    .join(dest.trim_start_matches('/'))
-                    .with_file_name(alias);
-                let _ = std::os::unix::fs::symlink(&name, link);
-            }
-        }
-    }
-    // the tmpfs read-only, as its options ask (after its mount points)
-    if m.readonly() {
-        let tmpfs =
-            resolve(root, &m.destination, Create::Dir, false).map_err(err("mount point".into()))?;
-        sys.mount(
-            None,
-            &fd_path(&tmpfs),
-            None,
-            base | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-        )
-        .map_err(err("read-only".into()))?;
-    }
-    Ok(())
-}
-
-/// The node's cgroup v1 hierarchies: (mount point, controllers).
-fn v1_hierarchies() -> std::io::Result<Vec<(PathBuf, Vec<String>)>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(info
-        .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mut r = right.split(' ');
-            if r.next()? != "cgroup" {
-                return None;
-            }
-            let options = r.nth(1)?;
-            let point = left.split(' ').nth(4)?;
-            let controllers = options
-                .split(',')
-                .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent"))
-                .map(str::to_owned)
-                .collect();
-            Some((
-                PathBuf::from(crate::runner::sandbox::unescape(point)),
-                controllers,
-            ))
-        })
-        .collect())
-}
-
-/// This process's cgroup in the hierarchy of `controllers`, from
-/// `/proc/self/cgroup`.
-fn own_path(own: &str, controllers: &[String]) -> Option<String> {
-    own.lines().find_map(|l| {
-        let mut f = l.splitn(3, ':');
-        let (_, names, path) = (f.next()?, f.next()?, f.next()?);
-        let names: Vec<&str> = names.split(',').collect();
-        let wanted: Vec<&str> = controllers.iter().map(String::as_str).collect();
-        (!names.is_empty() && names == wanted).then(|| path.to_owned())
-    })
-}
-
-fn make_device(sys: &dyn Sys, root: &File, d: &DevicePlan) -> Result<(), SandboxError> {
-    let err = |source| SandboxError::Device {
-        path: d.path.clone(),
-        source,
-    };
-    let (parent, name) = d
-        .path
-        .rsplit_once('/')
-        .ok_or_else(|| err(std::io::Error::other("not an absolute path")))?;
-    let dir = resolve(
-        root,
-        if parent.is_empty() { "/" } else { parent },
-        Create::Dir,
-        false,
-    )
-    .map_err(err)?;
-    let path = fd_path(&dir).join(name);
-    let major = u64::try_from(d.major).unwrap_or(0);
-    let minor = u64::try_from(d.minor).unwrap_or(0);
-    match sys.mknod(&path, d.kind, d.mode, major, minor) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(()),
-        Err(e) => return Err(err(e)),
-    }
-    sys.lchown(&path, d.uid, d.gid).map_err(err)
-}
-
-/// `/dev/ptmx` to the devpts instance, and `/dev/fd`, `stdin`, `stdout`,
-/// `stderr` (and `core` when the host has `/proc/kcore`), as runc makes them.
-fn dev_links(root: &File, plan: &RunPlan) -> std::io::Result<()> {
-    let has = |dest: &str| plan.mounts.iter().any(|m| m.destination == dest);
-    if !has("/dev") {
-        return Ok(());
-    }
-    let dev = resolve(root, "/dev", Create::Dir, false)?;
-    let dir = File::open(fd_path(&dev))?;
-    let link = |target: &str, name: &str| -> std::io::Result<()> {
-        match nix::unistd::symlinkat(target, &dir, name) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    };
-    if has("/dev/pts") {
-        let _ = nix::unistd::unlinkat(&dir, "ptmx", nix::unistd::UnlinkatFlags::NoRemoveDir);
-        link("pts/ptmx", "ptmx")?;
-    }
-    link("/proc/self/fd", "fd")?;
-    link("/proc/self/fd/0", "stdin")?;
-    link("/proc/self/fd/1", "stdout")?;
-    link("/proc/self/fd/2", "stderr")?;
-    if Path::new("/proc/kcore").exists() {
-        link("/proc/kcore", "core")?;
-    }
-    Ok(())
-}
-
-/// The guest's `/`: a detached copy of the container's whole mount tree,
-/// as the spec made it, with every procfs taken out (a guest must never
-/// reach the runner's `/proc/self/mem`). The copy is cut in a mount
-/// namespace of its own, its mounts made private first so that nothing
-/// propagates, and the runner goes `home` after. Returns the copy and where
-/// the container's procfs is, through which the runner reaches the copy.
-pub fn guest_root(
-    sys: &dyn Sys,
-    plan: &RunPlan,
-    home: &File,
-) -> Result<(OwnedFd, Option<PathBuf>), SandboxError> {
-    let err = |what| {
-        move |source| SandboxError::Rootfs {
-            path: "/".into(),
-            what,
-            source,
-        }
-    };
-    let mut procfs: Vec<PathBuf> = plan
-        .mounts
-        .iter()
-        .filter(|m| m.kind == MountKind::Proc)
-        .map(|m| PathBuf::from(&m.destination))
-        .collect();
-    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-        procfs.extend(proc_mount_points(&info));
-    }
-    procfs.sort_by_key(|p| p.components().count());
-    procfs.dedup();
-    sys.unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(err("a mount namespace to cut the guest's root in"))?;
-    let cut = (|| {
-        sys.mount(
-            None,
-            Path::new("/"),
-            None,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None,
-        )
-        .map_err(err("make the copy's mounts private"))?;
-        for point in &procfs {
-            match sys.umount(point, MntFlags::MNT_DETACH) {
-                // below one already taken out
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
-                other => other.map_err(err("take procfs out of the guest's root"))?,
-            }
-        }
-        sys.clone_mount(Path::new("/"))
-            .map_err(err("copy the guest's root"))
-    })();
-    sys.setns(home.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(err("return to the container's mount namespace"))?;
-    sys.chdir(Path::new("/")).map_err(err("chdir /"))?;
-    Ok((cut?, procfs.into_iter().next()))
-}
-
-/// The mount points of every procfs in `mountinfo`.
-pub fn proc_mount_points(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            if right.split(' ').next()? != "proc" {
-                return None;
-            }
-            let point = left.split(' ').nth(4)?;
-            Some(PathBuf::from(crate::runner::sandbox::unescape(point)))
-        })
-        .collect()
 }
 
 /// `pivot_root` into `rootfs`, then the old root made a slave and

@@ -402,7 +402,7 @@ fn mountinfo_escapes_and_procfs_points() {
                 25 22 0:8 / /my\\040proc rw - proc proc rw\n\
                 26 22 0:9 / /sys ro - sysfs sysfs ro\n";
     assert_eq!(
-        rootfs::proc_mount_points(info),
+        guest::proc_mount_points(info),
         [
             PathBuf::from("/proc"),
             "/proc/sys".into(),
