@@ -4,7 +4,7 @@ CARGO ?= cargo
 CARGO_FLAGS ?= --release
 GUEST_TARGETS := --target wasm32-wasip1 --target wasm32-wasip2
 
-.PHONY: all setup build guests test chart image image-push e2e e2e-1.7 demo bench lint fuzz ci clean
+.PHONY: all setup build guests test chart image image-push e2e e2e-1.7 e2e-2.1 demo bench lint fuzz ci clean
 
 all: build
 
@@ -44,7 +44,11 @@ e2e: build guests
 
 ## e2e-1.7: the same tests against containerd 1.7 (Debian trixie's package, fetched into target/, not installed)
 e2e-1.7: build guests
-	WASMPOD_E2E_CONTAINERD_DIR="$$(e2e/containerd-1.7/fetch)" $(CARGO) test $(CARGO_FLAGS) -p wasmpod-e2e --test e2e -- --test-threads=2
+	WASMPOD_E2E_CONTAINERD_DIR="$$(e2e/containerd-debian/fetch 1.7)" $(CARGO) test $(CARGO_FLAGS) -p wasmpod-e2e --test e2e -- --test-threads=2
+
+## e2e-2.1: the same tests against containerd 2.1 (Debian sid's package, fetched into target/, not installed)
+e2e-2.1: build guests
+	WASMPOD_E2E_CONTAINERD_DIR="$$(e2e/containerd-debian/fetch 2.1)" $(CARGO) test $(CARGO_FLAGS) -p wasmpod-e2e --test e2e -- --test-threads=2
 
 ## demo: start a private containerd, run the hello-world Wasm container, print its output
 demo: build guests
@@ -65,7 +69,7 @@ fuzz:
 	bash oci/fuzz/run
 
 ## ci: everything CI runs
-ci: lint test chart fuzz e2e e2e-1.7
+ci: lint test chart fuzz e2e e2e-1.7 e2e-2.1
 
 clean:
 	$(CARGO) clean

@@ -36,7 +36,7 @@
 //!   test (default `<workspace>/target/release/containerd-shim-wasmpod-v1`),
 //! - `WASMPOD_E2E_CONTAINERD_DIR`: directory of the `containerd` and `ctr`
 //!   under test (default `/usr/bin`, Debian's 1.6.20; `make e2e-1.7` points
-//!   it at trixie's 1.7 from `e2e/containerd-1.7/fetch`),
+//!   it at trixie's 1.7 from `e2e/containerd-debian/fetch 1.7`),
 //! - `WASMPOD_E2E_TMP`: where the per-test temporary directories go
 //!   (default the system temporary directory),
 //! - `WASMPOD_E2E_KEEP`: when set to a non-empty value other than `0`, the

@@ -35,6 +35,11 @@ pub enum ConfigError {
     /// `version` is not one wasmpod knows.
     #[error("config version {0} is not supported (1, 2 or 3)")]
     Version(i64),
+    /// A config without `version` (version 1, `plugins.cri`) on a node whose
+    /// containerd is 2.x: containerd 2.x ignores that CRI section (runc's
+    /// settings with it), so a handler written there would never be seen.
+    #[error("the config has no `version` (version 1, `[plugins.cri]`), which containerd 2.x does not read: its CRI section, runc's settings included, is ignored; migrate it to `version = 3` first (`containerd config migrate` keeps only what 2.x reads, so check the CRI settings by hand)")]
+    Version1OnContainerd2,
     /// A `wasmpod` runtime exists that the installer did not add.
     #[error("a `{HANDLER}` runtime is already configured outside wasmpod-node's block; remove it or leave it as is")]
     Foreign,
@@ -196,7 +201,8 @@ pub fn minimal(version: i64) -> String {
 /// a file that already has the same block is returned unchanged; one whose
 /// block differs (e.g. the runc cgroup driver changed) gets it replaced.
 ///
-/// `default_version` is used when `text` is empty.
+/// `default_version` is the node's containerd's own version (3 for 2.x), used
+/// when `text` is empty; a version 1 file on a 2.x node is refused.
 ///
 /// # Errors
 ///
@@ -227,6 +233,9 @@ pub fn install_with(
     };
     let doc = parse(&outside)?;
     let version = version_of(&doc)?;
+    if version == 1 && default_version >= 3 {
+        return Err(ConfigError::Version1OnContainerd2);
+    }
     let mut handler_path = runtimes_path(version)?;
     handler_path.push(HANDLER);
     if get(&doc, &handler_path).is_some() {
@@ -463,6 +472,19 @@ mod tests {
         let trimmed = before.trim_end_matches('\n');
         assert!(after.starts_with(trimmed), "the original bytes changed");
         &after[trimmed.len()..]
+    }
+
+    #[test]
+    fn a_version_1_config_is_refused_on_a_containerd_2_node() {
+        let original = golden("legacy-v1.toml");
+        let err = install(&original, 3).expect_err("v1 on a 2.x node");
+        assert!(matches!(err, ConfigError::Version1OnContainerd2), "{err}");
+        assert!(err.to_string().contains("version = 3"), "{err}");
+        // versions 2 and 3 are read by 2.x and stay as they are
+        for (name, version) in [("containerd-1.7.toml", 2), ("containerd-2.1.toml", 3)] {
+            let done = install(&golden(name), 3).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(done.version, version, "{name}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! | path                       | what                                      |
 //! |----------------------------|-------------------------------------------|
-//! | `T/config.toml`            | the configuration (version 2)             |
+//! | `T/config.toml`            | the configuration (version 2; 3 for 2.x)  |
 //! | `T/root`, `T/state`        | containerd's root and state directories  |
 //! | `T/containerd.sock`        | gRPC socket (`.ttrpc` beside it)          |
 //! | `T/containerd.log`         | containerd's stdout and stderr, debug level |
@@ -30,8 +30,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::leftovers;
 use crate::process::{self, run_with_timeout};
 
+mod config;
 mod ctr;
 mod teardown;
+
+pub use config::{config_version, major_version};
 
 /// Namespace that `ctr` uses unless [`ContainerdOptions::namespace`] says
 /// otherwise.
@@ -106,7 +109,7 @@ pub fn cgroup2_mount() -> Option<(PathBuf, bool)> {
 }
 
 /// The directory of the containerd under test: `$WASMPOD_E2E_CONTAINERD_DIR`
-/// (e.g. trixie's 1.7 from `e2e/containerd-1.7/fetch`), else `/usr/bin`.
+/// (e.g. trixie's 1.7 from `e2e/containerd-debian/fetch 1.7`), else `/usr/bin`.
 pub fn containerd_dir() -> PathBuf {
     match std::env::var_os("WASMPOD_E2E_CONTAINERD_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
@@ -313,40 +316,9 @@ impl Containerd {
             fs::write(&path, net.conflist(&ipam_dir))
                 .with_context(|| format!("failed to write {}", path.display()))?;
         }
-        let config = self.config_toml();
+        let config = self.config_toml()?;
         fs::write(self.config_path(), config)
             .with_context(|| format!("failed to write {}", self.config_path().display()))
-    }
-
-    /// The generated configuration.
-    fn config_toml(&self) -> String {
-        let p = |p: PathBuf| toml_str(&p.to_string_lossy());
-        let mut c = String::new();
-        c.push_str("version = 2\n");
-        c.push_str(&format!("root = {}\n", p(self.root())));
-        c.push_str(&format!("state = {}\n", p(self.state())));
-        if !self.opts.cri {
-            c.push_str("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n");
-        }
-        c.push_str(&format!("\n[grpc]\n  address = {}\n", p(self.socket())));
-        c.push_str(&format!(
-            "\n[ttrpc]\n  address = {}\n",
-            p(self.ttrpc_socket())
-        ));
-        c.push_str("\n[debug]\n  level = \"debug\"\n");
-        if self.opts.cri {
-            c.push('\n');
-            c.push_str(&crate::cri::cri_config(
-                &self.cni_conf_dir(),
-                self.opts.cri_handler,
-            ));
-        }
-        if !self.opts.extra_config.is_empty() {
-            c.push('\n');
-            c.push_str(&self.opts.extra_config);
-            c.push('\n');
-        }
-        c
     }
 
     /// `PATH` for containerd: the shim's directory first, then containerd's

@@ -3,7 +3,8 @@
 //! With [`ContainerdOptions::cri`](crate::ContainerdOptions::cri) the private
 //! containerd loads its CRI plugin with:
 //! - the `wasmpod` runtime handler registered by the very snippet operators
-//!   merge into their config (`runtimeclass/containerd/config-v2.toml`), and
+//!   merge into their config (`runtimeclass/containerd/config-v2.toml`, or
+//!   `config-v3.toml` for containerd 2.x), and
 //!   `runc` as the default handler;
 //! - CNI networking from Debian's `containernetworking-plugins`: a bridge of
 //!   its own (`wpe<N>`, subnet `10.213.<N>.0/24`, host side `.1`) with
@@ -54,9 +55,47 @@ pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// How long one CRI call may take by default.
 pub const CRI_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The CRI part of the private containerd's config (version 2).
-pub fn cri_config(cni_conf_dir: &Path, with_handler: bool) -> String {
+/// The CRI part of the private containerd's config, in config `version` 2
+/// (containerd 1.x: one `io.containerd.grpc.v1.cri` plugin) or 3
+/// (containerd 2.x: images, runtime and the gRPC service apart), with the
+/// operators' snippet of that version verbatim.
+pub fn cri_config(version: i64, cni_conf_dir: &Path, with_handler: bool) -> String {
     let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    let pause = q(PAUSE_IMAGE);
+    let bin = q(CNI_BIN_DIR);
+    let conf = q(&cni_conf_dir.to_string_lossy());
+    let no_handler = "# (no wasmpod handler: the node installer adds it)";
+    if version >= 3 {
+        return format!(
+            r#"[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = {pause}
+[plugins."io.containerd.cri.v1.runtime"]
+  enable_selinux = false
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = [{bin}]
+    conf_dir = {conf}
+    max_conf_num = 1
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+# --- runtimeclass/containerd/config-v3.toml, verbatim ---
+{snippet}
+"#,
+            snippet = if with_handler {
+                wasmpod_runtimeclass::CONTAINERD_V3_SNIPPET
+            } else {
+                no_handler
+            },
+        );
+    }
     format!(
         r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = {pause}
@@ -77,13 +116,10 @@ pub fn cri_config(cni_conf_dir: &Path, with_handler: bool) -> String {
 # --- runtimeclass/containerd/config-v2.toml, verbatim ---
 {snippet}
 "#,
-        pause = q(PAUSE_IMAGE),
-        bin = q(CNI_BIN_DIR),
-        conf = q(&cni_conf_dir.to_string_lossy()),
         snippet = if with_handler {
             wasmpod_runtimeclass::CONTAINERD_V2_SNIPPET
         } else {
-            "# (no wasmpod handler: the node installer adds it)"
+            no_handler
         },
     )
 }
