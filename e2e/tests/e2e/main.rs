@@ -17,3 +17,4 @@ mod sandbox;
 mod security_context;
 mod shim;
 mod task_api;
+mod userns;

@@ -87,9 +87,37 @@ pub enum PlanError {
     /// `maskedPaths` or `readonlyPaths` without a mount namespace.
     #[error("linux.{0}: unable to restrict paths without a private mount namespace")]
     PathsWithoutMountNamespace(&'static str),
+    /// A user namespace (`hostUsers: false`, `ctr run --uidmap`) or an
+    /// idmapped mount for a Wasm container (see
+    /// [`RunPlan::refuse_user_namespace`]).
+    #[error("{}: user namespaces are not supported for Wasm containers yet (the pod needs hostUsers: true)", .0.field())]
+    UserNamespace(UserNamespaceAsk),
     /// `process.oomScoreAdj` outside the kernel's range.
     #[error("process.oomScoreAdj {0} is outside -1000..=1000")]
     OomScoreAdj(i32),
+}
+
+/// Where a spec asks for a user namespace or id mappings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserNamespaceAsk {
+    /// A `user` entry in `linux.namespaces`.
+    Namespace,
+    /// `linux.uidMappings` / `gidMappings`.
+    Mappings,
+    /// A mount's `uidMappings` / `gidMappings` (an idmapped mount).
+    MountMappings,
+}
+
+impl UserNamespaceAsk {
+    /// The spec field, as errors name it.
+    pub fn field(self) -> &'static str {
+        match self {
+            UserNamespaceAsk::Namespace => "linux.namespaces",
+            UserNamespaceAsk::Mappings => "linux.uidMappings",
+            UserNamespaceAsk::MountMappings => "mounts[].uidMappings",
+        }
+    }
 }
 
 /// The root filesystem as the guest sees it: preopened as `/`.
@@ -242,6 +270,11 @@ pub struct RunPlan {
     /// the shim starts the runner as its pid 1.
     #[serde(default)]
     pub new_pid_namespace: bool,
+    /// The spec asks for a user namespace or id mappings: a Linux container
+    /// gets them from runc; a Wasm container is refused
+    /// ([`RunPlan::refuse_user_namespace`]).
+    #[serde(default)]
+    pub user_namespace: Option<UserNamespaceAsk>,
     /// `process.terminal`: a Wasm guest cannot drive a terminal, so the shim
     /// refuses it for Wasm; a pod's Linux containers get one from runc.
     pub terminal: bool,
@@ -356,6 +389,24 @@ impl RunPlan {
             .and_then(|l| l.namespaces().as_ref())
             .cloned()
             .unwrap_or_default();
+        let user_namespace = if spec_namespaces
+            .iter()
+            .any(|ns| ns.typ() == LinuxNamespaceType::User)
+        {
+            Some(UserNamespaceAsk::Namespace)
+        } else if linux.is_some_and(|l| {
+            l.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+                || l.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+        }) {
+            Some(UserNamespaceAsk::Mappings)
+        } else if spec.mounts().iter().flatten().any(|m| {
+            m.uid_mappings().as_ref().is_some_and(|x| !x.is_empty())
+                || m.gid_mappings().as_ref().is_some_and(|x| !x.is_empty())
+        }) {
+            Some(UserNamespaceAsk::MountMappings)
+        } else {
+            None
+        };
         let ns_path = |ns: &oci_spec::runtime::LinuxNamespace| {
             ns.path().clone().filter(|p| !p.as_os_str().is_empty())
         };
@@ -495,6 +546,7 @@ impl RunPlan {
             domainname,
             pid_namespace,
             new_pid_namespace,
+            user_namespace,
             terminal: process.terminal().unwrap_or(false),
             user,
             capabilities,
@@ -516,6 +568,16 @@ impl RunPlan {
             .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Fails when the spec asks for a user namespace: the runner does not
+    /// enter one yet, and ignoring the request would run the guest as the
+    /// node's root.
+    pub fn refuse_user_namespace(&self) -> Result<(), PlanError> {
+        match self.user_namespace {
+            Some(ask) => Err(PlanError::UserNamespace(ask)),
+            None => Ok(()),
+        }
     }
 
     /// Whether the container gets a mount namespace of its own, set up from
@@ -907,5 +969,35 @@ mod tests {
         let plan = RunPlan::from_spec(&spec(base()), Path::new("/b")).unwrap();
         let text = serde_json::to_string(&plan).unwrap();
         assert_eq!(serde_json::from_str::<RunPlan>(&text).unwrap(), plan);
+    }
+
+    #[test]
+    fn a_user_namespace_is_recorded_and_refused_for_wasm() {
+        let map = json!([{"containerID": 0, "hostID": 1000000, "size": 65536}]);
+        let plan_of = |v| RunPlan::from_spec(&spec(v), Path::new("/b")).unwrap();
+        assert_eq!(plan_of(base()).user_namespace, None);
+        assert!(plan_of(base()).refuse_user_namespace().is_ok());
+        let mut v = base();
+        v["linux"]["namespaces"] = json!([
+            {"type": "mount"},
+            {"type": "user", "path": "/proc/1/ns/user"}
+        ]);
+        let err = plan_of(v).refuse_user_namespace().unwrap_err();
+        assert!(
+            matches!(err, PlanError::UserNamespace(UserNamespaceAsk::Namespace)),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("linux.namespaces: "), "{err}");
+        assert!(err.to_string().contains("hostUsers: true"), "{err}");
+        let mut v = base();
+        v["linux"]["uidMappings"] = map.clone();
+        assert_eq!(plan_of(v).user_namespace, Some(UserNamespaceAsk::Mappings));
+        let mut v = base();
+        v["mounts"][0]["uidMappings"] = map.clone();
+        v["mounts"][0]["gidMappings"] = map;
+        assert_eq!(
+            plan_of(v).user_namespace,
+            Some(UserNamespaceAsk::MountMappings)
+        );
     }
 }

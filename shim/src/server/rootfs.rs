@@ -1,9 +1,12 @@
 //! Mounting the root filesystem containerd prepared (usually one overlay
 //! mount) at `<bundle>/rootfs`, and taking it down again.
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::types::mount::Mount;
+
+use crate::sys::idmap::{self, IdRange};
 
 use crate::bundle::ROOTFS_DIR;
 use crate::error::{Error, Result};
@@ -47,7 +50,17 @@ pub async fn mount(id: &str, bundle: &Path, mounts: &[Mount]) -> Result<Option<P
         .await
         .map_err(|e| error(id, &target, RootfsError::CreateMountPoint(e)))?;
     for m in mounts {
-        if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, &target).await {
+        let result = match Idmapped::of(&m.options) {
+            Ok(None) => containerd_shim::asynchronous::util::mount_rootfs(m, &target).await,
+            Ok(Some(idmap)) => {
+                let (m, t) = (m.clone(), target.clone());
+                tokio::task::spawn_blocking(move || idmap.mount(&m, &t))
+                    .await
+                    .unwrap_or_else(|e| Err(containerd_shim::Error::Other(e.to_string())))
+            }
+            Err(e) => Err(containerd_shim::Error::InvalidArgument(e)),
+        };
+        if let Err(e) = result {
             let _ = unmount(id, &target).await;
             let source = RootfsError::Mount {
                 fstype: m.type_.clone(),
@@ -59,6 +72,103 @@ pub async fn mount(id: &str, bundle: &Path, mounts: &[Mount]) -> Result<Option<P
         }
     }
     Ok(Some(target))
+}
+
+/// The `uidmap=`/`gidmap=` options containerd 2.x puts on the rootfs mounts
+/// of a pod with a user namespace (`hostUsers: false`): the layers are to be
+/// seen through those mappings (idmapped), so the pod's root owns them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Idmapped {
+    uids: Vec<IdRange>,
+    gids: Vec<IdRange>,
+    /// The mount's other options.
+    rest: Vec<String>,
+}
+
+/// `C:H:S[,C:H:S...]` (container id, host id, size), containerd's format.
+fn parse_ranges(value: &str) -> std::result::Result<Vec<IdRange>, String> {
+    value
+        .split(',')
+        .map(|r| {
+            let n: Vec<u32> = r
+                .split(':')
+                .map(|x| x.parse::<u32>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| format!("id mapping {r:?} is not container:host:size"))?;
+            match n[..] {
+                [container, host, size] if size > 0 => Ok(IdRange {
+                    container,
+                    host,
+                    size,
+                }),
+                _ => Err(format!("id mapping {r:?} is not container:host:size")),
+            }
+        })
+        .collect()
+}
+
+impl Idmapped {
+    /// The id mappings in `options`, if it has any.
+    fn of(options: &[String]) -> std::result::Result<Option<Idmapped>, String> {
+        let (mut uids, mut gids, mut rest) = (None, None, Vec::new());
+        for o in options {
+            if let Some(v) = o.strip_prefix("uidmap=") {
+                uids = Some(parse_ranges(v)?);
+            } else if let Some(v) = o.strip_prefix("gidmap=") {
+                gids = Some(parse_ranges(v)?);
+            } else {
+                rest.push(o.clone());
+            }
+        }
+        match (uids, gids) {
+            (None, None) => Ok(None),
+            (Some(uids), Some(gids)) => Ok(Some(Idmapped { uids, gids, rest })),
+            _ => Err("uidmap and gidmap must come together".to_owned()),
+        }
+    }
+
+    /// Mounts the overlay `m` at `target` with its layers idmapped: each
+    /// `lowerdir` (the upper layer is written through the overlay, by the
+    /// pod's mapped ids, so it needs none). containerd does the same for
+    /// runc's shim.
+    fn mount(&self, m: &Mount, target: &Path) -> containerd_shim::Result<()> {
+        let io = |what: &str, path: &str, e: std::io::Error| {
+            containerd_shim::Error::Other(format!("{what} {path}: {e}"))
+        };
+        let userns = idmap::user_namespace(&self.uids, &self.gids)
+            .map_err(|e| io("user namespace for", "the id mappings", e))?;
+        match m.type_.as_str() {
+            "overlay" => {
+                let mut trees = Vec::new();
+                let mut options = Vec::with_capacity(self.rest.len());
+                for o in &self.rest {
+                    let Some(lower) = o.strip_prefix("lowerdir=") else {
+                        options.push(o.clone());
+                        continue;
+                    };
+                    let mut dirs = Vec::new();
+                    for dir in lower.split(':') {
+                        let tree = idmap::idmapped_tree(Path::new(dir), userns.as_fd(), false)
+                            .map_err(|e| io("idmapped mount of", dir, e))?;
+                        dirs.push(format!("/proc/self/fd/{}", tree.as_raw_fd()));
+                        trees.push(tree);
+                    }
+                    options.push(format!("lowerdir={}", dirs.join(":")));
+                }
+                // the overlay keeps its own references to the layers: the
+                // descriptors (the only other ones) close on return
+                containerd_shim::mount::mount_rootfs(
+                    Some("overlay"),
+                    Some(m.source.as_str()),
+                    &options,
+                    target,
+                )
+            }
+            other => Err(containerd_shim::Error::InvalidArgument(format!(
+                "uidmap/gidmap on a {other} rootfs mount: only overlay layers (the overlayfs snapshotter's) can be idmapped"
+            ))),
+        }
+    }
 }
 
 /// Makes the rootfs mount at `target` `nodev` (and read-only when
@@ -122,6 +232,45 @@ mod tests {
     use super::*;
     use nix::mount::MsFlags;
     use nix::sys::statvfs::FsFlags;
+
+    fn opts(o: &[&str]) -> Vec<String> {
+        o.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn containerd_2_id_mapping_options() {
+        let r = |container, host, size| IdRange {
+            container,
+            host,
+            size,
+        };
+        assert_eq!(Idmapped::of(&opts(&["index=off", "lowerdir=/a"])), Ok(None));
+        let got = Idmapped::of(&opts(&[
+            "uidmap=0:1000000:65536",
+            "gidmap=0:2000000:1,1:3000000:65535",
+            "index=off",
+        ]));
+        assert_eq!(
+            got,
+            Ok(Some(Idmapped {
+                uids: vec![r(0, 1_000_000, 65536)],
+                gids: vec![r(0, 2_000_000, 1), r(1, 3_000_000, 65535)],
+                rest: opts(&["index=off"]),
+            }))
+        );
+        for bad in [
+            &["uidmap=0:1000000:65536"][..],
+            &["uidmap=0:1000000", "gidmap=0:1:1"],
+            &["uidmap=0:1:0", "gidmap=0:1:1"],
+            &["uidmap=a:b:c", "gidmap=0:1:1"],
+        ] {
+            assert!(Idmapped::of(&opts(bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            idmap::map_text(&[r(0, 1_000_000, 65536), r(65536, 5, 1)]),
+            "0 1000000 65536\n65536 5 1\n"
+        );
+    }
 
     #[test]
     fn the_restricting_remount_keeps_the_mounts_flags_and_adds_nodev() {

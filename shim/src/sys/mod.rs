@@ -24,6 +24,7 @@ use nix::sys::signal::Signal;
 pub mod code;
 pub mod fork;
 pub mod fs;
+pub mod idmap;
 pub mod mem;
 pub mod net;
 #[cfg(test)]

@@ -53,6 +53,10 @@ pub async fn launch(
     if paths.terminal || plan.terminal {
         return Err(Error::request(id, RequestError::Terminal));
     }
+    plan.refuse_user_namespace().map_err(|source| Error::Plan {
+        id: id.to_owned(),
+        source,
+    })?;
     let mut spans = crate::spans::Spans::new();
     plan.seccomp = seccomp(env, id, spec)?;
     if plan.seccomp.is_some() {
@@ -181,6 +185,10 @@ pub async fn exec(
                 source,
             }
         })?;
+    plan.refuse_user_namespace().map_err(|source| Error::Plan {
+        id: t.id.to_owned(),
+        source,
+    })?;
     plan.seccomp = seccomp(env, t.id, &spec)?;
     let (_, child_stdio, keepalive) = process_io(t.id, paths)?;
     // The container's namespaces are its runner's: opened first and checked

@@ -1,0 +1,180 @@
+//! Idmapped mounts (Linux ≥ 5.12, `mount_setattr(MOUNT_ATTR_IDMAP)`): the
+//! rootfs layers and volumes of a pod with a user namespace
+//! (`hostUsers: false`), seen through that namespace's id mappings, so that
+//! file owner 0 on disk is the pod's root and not the node's.
+//!
+//! An idmapped mount needs a user namespace holding the mappings; the
+//! kernel only reads its mappings, never its processes, so a short-lived
+//! child that owns it is enough ([`user_namespace`]).
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// One range of an id mapping: `size` ids from `container` inside map to
+/// `host` outside (OCI `LinuxIDMapping`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub container: u32,
+    pub host: u32,
+    pub size: u32,
+}
+
+/// The text of `/proc/PID/uid_map` (or `gid_map`) for `ranges`.
+pub fn map_text(ranges: &[IdRange]) -> String {
+    ranges
+        .iter()
+        .map(|r| format!("{} {} {}\n", r.container, r.host, r.size))
+        .collect()
+}
+
+/// A new user namespace with these mappings, as a descriptor (for
+/// `mount_setattr`). A child is cloned into a new user namespace and waits
+/// on a pipe; this process, root outside, writes its maps, opens
+/// `/proc/CHILD/ns/user` and lets it exit.
+pub fn user_namespace(uids: &[IdRange], gids: &[IdRange]) -> io::Result<OwnedFd> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let rfd = read.as_raw_fd();
+    // SAFETY: clone(2) with CLONE_NEWUSER and no CLONE_VM is a fork whose
+    // child starts in a new user namespace. The caller may have threads, so
+    // the child calls only async-signal-safe functions (close_range, read,
+    // _exit) on memory it does not free or allocate: the pipe's raw
+    // descriptor number, copied before the call.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_NEWUSER | libc::SIGCHLD,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let mut byte = 0u8;
+        // SAFETY: see above. The child closes every descriptor but the read
+        // end (its copy of this write end, and those of other such children
+        // made at the same time, which would keep them all waiting), blocks
+        // until the parent closes the write end, then exits without running
+        // destructors or atexit hooks.
+        unsafe {
+            let r = rfd as libc::c_uint;
+            if r > 0 {
+                libc::close_range(0, r - 1, 0);
+            }
+            libc::close_range(r + 1, libc::c_uint::MAX, 0);
+            libc::read(rfd, std::ptr::addr_of_mut!(byte).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    let pid = pid as i32;
+    let result = (|| {
+        let proc = format!("/proc/{pid}");
+        fs::write(format!("{proc}/uid_map"), map_text(uids))?;
+        fs::write(format!("{proc}/gid_map"), map_text(gids))?;
+        fs::File::open(format!("{proc}/ns/user")).map(OwnedFd::from)
+    })();
+    drop(write);
+    drop(read);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    result
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+}
+
+/// `struct mount_attr` of `<linux/mount.h>`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// A detached copy of the mount at `path` (of the tree below it too with
+/// `recursive`), idmapped through `userns`: ids on disk are shown, and
+/// written, as that namespace maps them. The copy is reachable only through
+/// the descriptor (`/proc/self/fd/N` names it, e.g. as an overlay layer);
+/// closing it unmounts it unless something else holds it.
+pub fn idmapped_tree(path: &Path, userns: BorrowedFd<'_>, recursive: bool) -> io::Result<OwnedFd> {
+    let cpath = c_path(path)?;
+    let mut flags = (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: open_tree(2) reads the NUL-terminated path and returns a new
+    // descriptor, owned by the OwnedFd below; it writes no memory.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, cpath.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor open_tree just returned, owned by nothing else.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let mut at = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        at |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: mount_setattr(2) reads `size` bytes of `attr`, a live
+    // repr(C) struct of exactly that size, and the empty C string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            at,
+            std::ptr::addr_of!(attr),
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    #[ignore = "needs root: a user namespace with mappings and mount_setattr"]
+    fn a_layer_seen_through_an_idmapped_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("f"), b"x").expect("write");
+        let r = |container, host, size| IdRange {
+            container,
+            host,
+            size,
+        };
+        let ns = user_namespace(&[r(0, 1_000_000, 65536)], &[r(0, 2_000_000, 65536)])
+            .expect("user namespace");
+        let tree = idmapped_tree(dir.path(), ns.as_fd(), false).expect("idmapped tree");
+        let meta = fs::metadata(format!("/proc/self/fd/{}/f", tree.as_raw_fd())).expect("stat");
+        assert_eq!((meta.uid(), meta.gid()), (1_000_000, 2_000_000));
+        // the file itself is unchanged, and nothing is left mounted
+        let plain = fs::metadata(dir.path().join("f")).expect("stat");
+        assert_eq!((plain.uid(), plain.gid()), (0, 0));
+        drop(tree);
+        let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(!mounts.contains(&dir.path().to_string_lossy().into_owned()));
+    }
+}
