@@ -15,7 +15,7 @@
 
 use toml_edit::{DocumentMut, Item};
 
-use crate::{HANDLER, RUNTIME_TYPE};
+use crate::{DEFAULT_SHIM_PATH, HANDLER, RUNC_RUNTIME_TYPE, RUNTIME_TYPE};
 
 /// First line of the block the installer manages.
 pub const BEGIN_MARKER: &str =
@@ -133,7 +133,16 @@ pub const OPTIONS_FILE: &str = "wasmpod-runtime.toml";
 
 /// The block registering the handler for `version`.
 pub fn block(version: i64, systemd_cgroup: bool) -> Result<String, ConfigError> {
-    block_with(version, systemd_cgroup, None)
+    block_with(version, systemd_cgroup, None, None)
+}
+
+/// The runtime type the handler is registered with for `version`.
+pub fn runtime_type(version: i64) -> &'static str {
+    if version >= 3 {
+        RUNC_RUNTIME_TYPE
+    } else {
+        RUNTIME_TYPE
+    }
 }
 
 /// The block registering the handler for `version`, its options naming
@@ -141,24 +150,35 @@ pub fn block(version: i64, systemd_cgroup: bool) -> Result<String, ConfigError> 
 /// 1.6 gives a non-runc runtime only a `ConfigPath`, never the table's
 /// other keys, so the shim learns the cgroup driver from that file (1.7
 /// then sends the path too; containerd 2.x, version 3, sends the table).
+/// On version 3 the handler has runc's runtime type and `runtime_path`
+/// `shim` (default [`DEFAULT_SHIM_PATH`]), so CRI runs its pods with user
+/// namespaces (see [`RUNC_RUNTIME_TYPE`]).
 pub fn block_with(
     version: i64,
     systemd_cgroup: bool,
     options_file: Option<&str>,
+    shim: Option<&str>,
 ) -> Result<String, ConfigError> {
     let mut path = runtimes_path(version)?;
     path.push(HANDLER);
     let table = header(&path, version);
+    let quote = |s: &str| toml_edit::Value::from(s).decorated("", "").to_string();
     let config_path = match options_file {
-        Some(file) if version <= 2 => format!(
-            "  ConfigPath = {}\n",
-            toml_edit::Value::from(file).decorated("", "")
-        ),
+        Some(file) if version <= 2 => format!("  ConfigPath = {}\n", quote(file)),
         _ => String::new(),
     };
+    let runtime_path = if version >= 3 {
+        format!(
+            "  runtime_path = {}\n",
+            quote(shim.unwrap_or(DEFAULT_SHIM_PATH))
+        )
+    } else {
+        String::new()
+    };
+    let runtime_type = runtime_type(version);
     Ok(format!(
         "{BEGIN_MARKER}\n\
-         [{table}]\n  runtime_type = \"{RUNTIME_TYPE}\"\n  \
+         [{table}]\n  runtime_type = \"{runtime_type}\"\n{runtime_path}  \
          pod_annotations = {ANNOTATIONS}\n  container_annotations = {ANNOTATIONS}\n\
          [{table}.options]\n  SystemdCgroup = {systemd_cgroup}\n{config_path}\
          {END_MARKER}\n"
@@ -209,7 +229,7 @@ pub fn minimal(version: i64) -> String {
 /// Unparseable TOML, an unknown version, a `wasmpod` runtime added by
 /// someone else, damaged markers.
 pub fn install(text: &str, default_version: i64) -> Result<Installed, ConfigError> {
-    install_with(text, default_version, None)
+    install_with(text, default_version, None, None)
 }
 
 /// [`install`], the options naming `options_file` (see [`block_with`]).
@@ -221,6 +241,7 @@ pub fn install_with(
     text: &str,
     default_version: i64,
     options_file: Option<&str>,
+    shim: Option<&str>,
 ) -> Result<Installed, ConfigError> {
     let base = if text.trim().is_empty() {
         minimal(default_version)
@@ -242,7 +263,7 @@ pub fn install_with(
         return Err(ConfigError::Foreign);
     }
     let systemd_cgroup = runc_systemd_cgroup(&doc, version);
-    let new_block = block_with(version, systemd_cgroup, options_file)?;
+    let new_block = block_with(version, systemd_cgroup, options_file, shim)?;
     if existing.as_deref() == Some(new_block.as_str()) {
         return Ok(Installed {
             text: text.to_owned(),
@@ -259,7 +280,7 @@ pub fn install_with(
         out.push('\n');
     }
     out.push_str(&new_block);
-    verify(&doc, &out, &handler_path, systemd_cgroup)?;
+    verify(&doc, &out, &handler_path, version, systemd_cgroup)?;
     Ok(Installed {
         changed: out != text,
         text: out,
@@ -273,6 +294,7 @@ fn verify(
     original: &DocumentMut,
     out: &str,
     handler_path: &[&str],
+    version: i64,
     systemd_cgroup: bool,
 ) -> Result<(), ConfigError> {
     let mut doc = parse(out).map_err(|e| ConfigError::Verify(e.to_string()))?;
@@ -283,7 +305,7 @@ fn verify(
         .get("options")
         .and_then(|o| o.get("SystemdCgroup"))
         .and_then(Item::as_bool);
-    if runtime_type != Some(RUNTIME_TYPE) || systemd != Some(systemd_cgroup) {
+    if runtime_type != Some(self::runtime_type(version)) || systemd != Some(systemd_cgroup) {
         return Err(ConfigError::Verify(format!(
             "handler has runtime_type {runtime_type:?}, SystemdCgroup {systemd:?}"
         )));
@@ -371,7 +393,7 @@ pub fn install_template(
     generated: &str,
     default_version: i64,
 ) -> Result<Installed, ConfigError> {
-    install_template_with(template, generated, default_version, None)
+    install_template_with(template, generated, default_version, None, None)
 }
 
 /// [`install_template`], the options naming `options_file` (see
@@ -385,6 +407,7 @@ pub fn install_template_with(
     generated: &str,
     default_version: i64,
     options_file: Option<&str>,
+    shim: Option<&str>,
 ) -> Result<Installed, ConfigError> {
     let (version, systemd_cgroup) = match generated.parse::<DocumentMut>() {
         Ok(doc) if !generated.trim().is_empty() => {
@@ -398,7 +421,7 @@ pub fn install_template_with(
     } else {
         template.to_owned()
     };
-    let new_block = block_with(version, systemd_cgroup, options_file)?;
+    let new_block = block_with(version, systemd_cgroup, options_file, shim)?;
     let outside = match split(&base)? {
         Some((_, existing, _)) if existing == new_block => {
             return Ok(Installed {

@@ -29,6 +29,16 @@ pub mod sys;
 /// The containerd runtime type (`runtime_type` in CRI config) of the shim.
 pub const RUNTIME_TYPE: &str = "io.containerd.wasmpod.v1";
 
+/// The `runtime_type` of the handler on containerd 2.x (config version 3),
+/// with `runtime_path` naming the wasmpod shim: containerd's CRI plugin
+/// lets only runtimes of runc's type run pods with a user namespace
+/// (`hostUsers: false`), since it passes them runc's options (the I/O
+/// owner) and asks them for their OCI features (idmapped mounts).
+pub const RUNC_RUNTIME_TYPE: &str = "io.containerd.runc.v2";
+
+/// Where the shim is installed unless the installer is told otherwise.
+pub const DEFAULT_SHIM_PATH: &str = "/usr/local/bin/containerd-shim-wasmpod-v1";
+
 /// The CRI runtime handler name, and the RuntimeClass `handler`.
 pub const HANDLER: &str = "wasmpod";
 
@@ -92,9 +102,17 @@ mod tests {
             }
             assert_eq!(
                 item["runtime_type"].as_str(),
-                Some(RUNTIME_TYPE),
+                Some(config::runtime_type(version)),
                 "v{version}"
             );
+            if version >= 3 {
+                assert_eq!(
+                    item["runtime_path"].as_str(),
+                    Some(DEFAULT_SHIM_PATH),
+                    "v{version}"
+                );
+                assert!(DEFAULT_SHIM_PATH.ends_with(SHIM_BINARY));
+            }
             assert!(
                 item["options"]["SystemdCgroup"].as_bool().is_some(),
                 "v{version}"

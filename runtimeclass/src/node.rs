@@ -342,10 +342,17 @@ pub fn register(
         .unwrap_or(Path::new("/"))
         .join(config::OPTIONS_FILE);
     let options_str = options_file.to_string_lossy().into_owned();
+    // containerd 2.x finds the shim by this path (config version 3)
+    let shim =
+        (!state.binary.as_os_str().is_empty()).then(|| state.binary.to_string_lossy().into_owned());
     let done = match &target.kind {
-        ConfigKind::Toml | ConfigKind::DropIn => {
-            config::install_with(&original, default_version, Some(&options_str)).map_err(cfg_err)?
-        }
+        ConfigKind::Toml | ConfigKind::DropIn => config::install_with(
+            &original,
+            default_version,
+            Some(&options_str),
+            shim.as_deref(),
+        )
+        .map_err(cfg_err)?,
         ConfigKind::Template { generated } => {
             let generated = fs::read_to_string(on_host(host_root, generated)).unwrap_or_default();
             config::install_template_with(
@@ -353,6 +360,7 @@ pub fn register(
                 &generated,
                 default_version,
                 Some(&options_str),
+                shim.as_deref(),
             )
             .map_err(cfg_err)?
         }

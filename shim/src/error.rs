@@ -223,6 +223,8 @@ pub enum RequestError {
     },
     #[error("runtime options: {0}")]
     Options(#[source] crate::server::options::OptionsError),
+    #[error("the pod's user namespace needs idmapped mounts, which this node's runc cannot make ({why}); a user-namespaced pod's Linux containers need runc 1.2 or later (its Wasm containers do not)")]
+    RuncWithoutIdmap { why: String },
 }
 
 impl Error {

@@ -86,13 +86,19 @@ pub fn cri_config(version: i64, cni_conf_dir: &Path, with_handler: bool) -> Stri
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 
-# --- runtimeclass/containerd/config-v3.toml, verbatim ---
+# --- runtimeclass/containerd/config-v3.toml, verbatim but for runtime_path ---
 {snippet}
 "#,
             snippet = if with_handler {
-                wasmpod_runtimeclass::CONTAINERD_V3_SNIPPET
+                // the shim under test, where the snippet names the default
+                wasmpod_runtimeclass::CONTAINERD_V3_SNIPPET.replace(
+                    wasmpod_runtimeclass::DEFAULT_SHIM_PATH,
+                    &crate::shim_path()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| wasmpod_runtimeclass::DEFAULT_SHIM_PATH.to_owned()),
+                )
             } else {
-                no_handler
+                no_handler.to_owned()
             },
         );
     }
@@ -327,6 +333,24 @@ impl Cri {
         })?;
         resp.status
             .ok_or_else(|| anyhow!("CRI ContainerStatus of {id}: no status in the answer"))
+    }
+
+    /// containerd's verbose `ContainerStatus` info: the container's OCI
+    /// spec as containerd generated it (`runtimeSpec`), its pid, ...
+    pub fn container_info(&self, id: &str) -> Result<serde_json::Value> {
+        let req = api::ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: true,
+        };
+        let resp = self.call("ContainerStatus", |mut rt, _| async move {
+            rt.container_status(req).await
+        })?;
+        let info = resp
+            .info
+            .get("info")
+            .ok_or_else(|| anyhow!("CRI ContainerStatus of {id}: no verbose info"))?;
+        serde_json::from_str(info)
+            .with_context(|| format!("CRI ContainerStatus of {id}: verbose info is not JSON"))
     }
 
     /// `ContainerStats` (what `kubectl top` reads, through kubelet).

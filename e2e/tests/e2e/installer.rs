@@ -161,9 +161,19 @@ fn node_installer_registers_the_handler_and_uninstall_restores_the_config() -> R
     let out = wasmpod_node(&install)?;
     ensure!(out.success(), "install: {out:?}");
     let installed = std::fs::read_to_string(&config)?;
+    // on containerd 2.x: runc's runtime type, the shim by path
+    let v3 = wasmpod_e2e::containerd::major_version(&cd.options().containerd_bin)? >= 2;
+    let registered = if v3 {
+        installed.contains("runtime_type = \"io.containerd.runc.v2\"")
+            && installed.contains(&format!(
+                "runtime_path = \"{}\"",
+                bin_dir.join(wasmpod_e2e::SHIM_BINARY).display()
+            ))
+    } else {
+        installed.contains("io.containerd.wasmpod.v1")
+    };
     ensure!(
-        installed.as_bytes().starts_with(before.trim_ascii_end())
-            && installed.contains("io.containerd.wasmpod.v1"),
+        installed.as_bytes().starts_with(before.trim_ascii_end()) && registered,
         "install did not append the handler:\n{installed}"
     );
     ensure!(
@@ -174,7 +184,6 @@ fn node_installer_registers_the_handler_and_uninstall_restores_the_config() -> R
     // ConfigPath: the file beside the config, which the pod below needs;
     // containerd 2.x (config version 3) sends the options table itself
     let options = config.with_file_name(wasmpod_runtimeclass::config::OPTIONS_FILE);
-    let v3 = wasmpod_e2e::containerd::major_version(&cd.options().containerd_bin)? >= 2;
     if v3 {
         ensure!(
             !installed.contains("ConfigPath") && !options.exists(),
@@ -350,7 +359,8 @@ fn installed_golden_configs_load_in_the_containerd_under_test() -> Result<()> {
         ensure!(out.success(), "{name}: containerd config dump: {out:?}");
         ensure!(
             out.stdout.contains(".containerd.runtimes.wasmpod]")
-                && out.stdout.contains("io.containerd.wasmpod.v1"),
+                && (out.stdout.contains("io.containerd.wasmpod.v1")
+                    || out.stdout.contains("/containerd-shim-wasmpod-v1'")),
             "{name}: containerd does not see the handler:\n{}",
             out.stdout
         );

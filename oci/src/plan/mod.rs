@@ -87,37 +87,55 @@ pub enum PlanError {
     /// `maskedPaths` or `readonlyPaths` without a mount namespace.
     #[error("linux.{0}: unable to restrict paths without a private mount namespace")]
     PathsWithoutMountNamespace(&'static str),
-    /// A user namespace (`hostUsers: false`, `ctr run --uidmap`) or an
-    /// idmapped mount for a Wasm container (see
-    /// [`RunPlan::refuse_user_namespace`]).
-    #[error("{}: user namespaces are not supported for Wasm containers yet (the pod needs hostUsers: true)", .0.field())]
-    UserNamespace(UserNamespaceAsk),
+    /// A user namespace the spec cannot have (mappings without one, one
+    /// without mappings, an unmapped user).
+    #[error("{field}: {why}")]
+    UserNamespace {
+        field: &'static str,
+        why: &'static str,
+    },
     /// `process.oomScoreAdj` outside the kernel's range.
     #[error("process.oomScoreAdj {0} is outside -1000..=1000")]
     OomScoreAdj(i32),
 }
 
-/// Where a spec asks for a user namespace or id mappings.
+/// One range of an id mapping (OCI `LinuxIDMapping`): `size` ids from
+/// `container` inside are `host` outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UserNamespaceAsk {
-    /// A `user` entry in `linux.namespaces`.
-    Namespace,
-    /// `linux.uidMappings` / `gidMappings`.
-    Mappings,
-    /// A mount's `uidMappings` / `gidMappings` (an idmapped mount).
-    MountMappings,
+pub struct IdMap {
+    pub container: u32,
+    pub host: u32,
+    pub size: u32,
 }
 
-impl UserNamespaceAsk {
-    /// The spec field, as errors name it.
-    pub fn field(self) -> &'static str {
-        match self {
-            UserNamespaceAsk::Namespace => "linux.namespaces",
-            UserNamespaceAsk::Mappings => "linux.uidMappings",
-            UserNamespaceAsk::MountMappings => "mounts[].uidMappings",
+impl IdMap {
+    fn of(m: &oci_spec::runtime::LinuxIdMapping) -> IdMap {
+        IdMap {
+            container: m.container_id(),
+            host: m.host_id(),
+            size: m.size(),
         }
     }
+
+    /// The host id of container id `id` under `maps`, if it is mapped.
+    pub fn to_host(maps: &[IdMap], id: u32) -> Option<u32> {
+        maps.iter().find_map(|m| {
+            let off = id.checked_sub(m.container)?;
+            (off < m.size).then(|| m.host + off)
+        })
+    }
+}
+
+/// The container's user namespace (`hostUsers: false`, `ctr run
+/// --uidmap`): the pod's, joined by `path`, or a new one with the
+/// mappings. The mappings are always known (the spec's
+/// `linux.uidMappings`/`gidMappings`): the runner reads the entry point as
+/// the user's host ids before it enters the namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespacePlan {
+    pub path: Option<PathBuf>,
+    pub uids: Vec<IdMap>,
+    pub gids: Vec<IdMap>,
 }
 
 /// The root filesystem as the guest sees it: preopened as `/`.
@@ -270,11 +288,10 @@ pub struct RunPlan {
     /// the shim starts the runner as its pid 1.
     #[serde(default)]
     pub new_pid_namespace: bool,
-    /// The spec asks for a user namespace or id mappings: a Linux container
-    /// gets them from runc; a Wasm container is refused
-    /// ([`RunPlan::refuse_user_namespace`]).
+    /// The user namespace, entered after the mounts (see
+    /// [`UserNamespacePlan`]).
     #[serde(default)]
-    pub user_namespace: Option<UserNamespaceAsk>,
+    pub user_namespace: Option<UserNamespacePlan>,
     /// `process.terminal`: a Wasm guest cannot drive a terminal, so the shim
     /// refuses it for Wasm; a pod's Linux containers get one from runc.
     pub terminal: bool,
@@ -389,23 +406,33 @@ impl RunPlan {
             .and_then(|l| l.namespaces().as_ref())
             .cloned()
             .unwrap_or_default();
-        let user_namespace = if spec_namespaces
+        let maps = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<IdMap> {
+            m.iter().flatten().map(IdMap::of).collect()
+        };
+        let uids = linux.map(|l| maps(l.uid_mappings())).unwrap_or_default();
+        let gids = linux.map(|l| maps(l.gid_mappings())).unwrap_or_default();
+        let user_namespace = match spec_namespaces
             .iter()
-            .any(|ns| ns.typ() == LinuxNamespaceType::User)
+            .rfind(|ns| ns.typ() == LinuxNamespaceType::User)
         {
-            Some(UserNamespaceAsk::Namespace)
-        } else if linux.is_some_and(|l| {
-            l.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-                || l.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-        }) {
-            Some(UserNamespaceAsk::Mappings)
-        } else if spec.mounts().iter().flatten().any(|m| {
-            m.uid_mappings().as_ref().is_some_and(|x| !x.is_empty())
-                || m.gid_mappings().as_ref().is_some_and(|x| !x.is_empty())
-        }) {
-            Some(UserNamespaceAsk::MountMappings)
-        } else {
-            None
+            None if uids.is_empty() && gids.is_empty() => None,
+            None => {
+                return Err(PlanError::UserNamespace {
+                    field: "linux.uidMappings",
+                    why: "id mappings without a user namespace in linux.namespaces",
+                })
+            }
+            Some(_) if uids.is_empty() || gids.is_empty() => {
+                return Err(PlanError::UserNamespace {
+                    field: "linux.namespaces",
+                    why: "a user namespace needs linux.uidMappings and linux.gidMappings",
+                })
+            }
+            Some(ns) => Some(UserNamespacePlan {
+                path: ns.path().clone().filter(|p| !p.as_os_str().is_empty()),
+                uids,
+                gids,
+            }),
         };
         let ns_path = |ns: &oci_spec::runtime::LinuxNamespace| {
             ns.path().clone().filter(|p| !p.as_os_str().is_empty())
@@ -570,14 +597,37 @@ impl RunPlan {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Fails when the spec asks for a user namespace: the runner does not
-    /// enter one yet, and ignoring the request would run the guest as the
-    /// node's root.
-    pub fn refuse_user_namespace(&self) -> Result<(), PlanError> {
-        match self.user_namespace {
-            Some(ask) => Err(PlanError::UserNamespace(ask)),
-            None => Ok(()),
-        }
+    /// The host uid and gid of the spec's user (itself without a user
+    /// namespace).
+    pub fn host_ids(&self) -> Result<(u32, u32), PlanError> {
+        let Some(ns) = &self.user_namespace else {
+            return Ok((self.user.uid, self.user.gid));
+        };
+        let unmapped = |field| PlanError::UserNamespace {
+            field,
+            why: "not mapped by the user namespace",
+        };
+        Ok((
+            IdMap::to_host(&ns.uids, self.user.uid).ok_or(unmapped("process.user.uid"))?,
+            IdMap::to_host(&ns.gids, self.user.gid).ok_or(unmapped("process.user.gid"))?,
+        ))
+    }
+
+    /// The host gids of `process.user.additionalGids`.
+    pub fn host_additional_gids(&self) -> Result<Vec<u32>, PlanError> {
+        let Some(ns) = &self.user_namespace else {
+            return Ok(self.user.additional_gids.clone());
+        };
+        self.user
+            .additional_gids
+            .iter()
+            .map(|g| {
+                IdMap::to_host(&ns.gids, *g).ok_or(PlanError::UserNamespace {
+                    field: "process.user.additionalGids",
+                    why: "not mapped by the user namespace",
+                })
+            })
+            .collect()
     }
 
     /// Whether the container gets a mount namespace of its own, set up from
@@ -972,32 +1022,56 @@ mod tests {
     }
 
     #[test]
-    fn a_user_namespace_is_recorded_and_refused_for_wasm() {
+    fn user_namespaces_with_their_mappings() {
         let map = json!([{"containerID": 0, "hostID": 1000000, "size": 65536}]);
-        let plan_of = |v| RunPlan::from_spec(&spec(v), Path::new("/b")).unwrap();
-        assert_eq!(plan_of(base()).user_namespace, None);
-        assert!(plan_of(base()).refuse_user_namespace().is_ok());
+        let plan_of = |v| RunPlan::from_spec(&spec(v), Path::new("/b"));
+        assert_eq!(plan_of(base()).unwrap().user_namespace, None);
         let mut v = base();
         v["linux"]["namespaces"] = json!([
             {"type": "mount"},
             {"type": "user", "path": "/proc/1/ns/user"}
         ]);
-        let err = plan_of(v).refuse_user_namespace().unwrap_err();
-        assert!(
-            matches!(err, PlanError::UserNamespace(UserNamespaceAsk::Namespace)),
-            "{err}"
-        );
-        assert!(err.to_string().starts_with("linux.namespaces: "), "{err}");
-        assert!(err.to_string().contains("hostUsers: true"), "{err}");
-        let mut v = base();
         v["linux"]["uidMappings"] = map.clone();
-        assert_eq!(plan_of(v).user_namespace, Some(UserNamespaceAsk::Mappings));
-        let mut v = base();
-        v["mounts"][0]["uidMappings"] = map.clone();
-        v["mounts"][0]["gidMappings"] = map;
+        v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 2000000, "size": 1000}, {"containerID": 1000, "hostID": 5, "size": 1}]);
+        v["process"]["user"] = json!({"uid": 7, "gid": 1000, "additionalGids": [0, 999]});
+        let plan = plan_of(v.clone()).unwrap();
+        let ns = plan.user_namespace.clone().unwrap();
+        assert_eq!(ns.path.as_deref(), Some(Path::new("/proc/1/ns/user")));
         assert_eq!(
-            plan_of(v).user_namespace,
-            Some(UserNamespaceAsk::MountMappings)
+            ns.uids,
+            [IdMap {
+                container: 0,
+                host: 1_000_000,
+                size: 65536
+            }]
         );
+        assert_eq!(plan.host_ids().unwrap(), (1_000_007, 5));
+        assert_eq!(plan.host_additional_gids().unwrap(), [2_000_000, 2_000_999]);
+        // an unmapped user is an error naming the field
+        v["process"]["user"] = json!({"uid": 70000, "gid": 0});
+        let err = plan_of(v.clone()).unwrap().host_ids().unwrap_err();
+        assert!(err.to_string().starts_with("process.user.uid: "), "{err}");
+        // a namespace without mappings, mappings without a namespace
+        let mut bad = v.clone();
+        bad["linux"]["gidMappings"] = json!([]);
+        assert!(matches!(
+            plan_of(bad),
+            Err(PlanError::UserNamespace {
+                field: "linux.namespaces",
+                ..
+            })
+        ));
+        let mut bad = base();
+        bad["linux"]["uidMappings"] = map;
+        assert!(matches!(
+            plan_of(bad),
+            Err(PlanError::UserNamespace {
+                field: "linux.uidMappings",
+                ..
+            })
+        ));
+        // without a path: a new one (ctr run --uidmap)
+        v["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "user"}]);
+        assert_eq!(plan_of(v).unwrap().user_namespace.unwrap().path, None);
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use oci_spec::runtime::Mount;
 use serde::{Deserialize, Serialize};
 
-use super::PlanError;
+use super::{IdMap, PlanError};
 
 /// `mount(2)` flags (Linux ABI values, kept here so the crate needs no
 /// libc).
@@ -89,6 +89,18 @@ pub struct MountPlan {
     pub recursive: Option<(u64, u64)>,
     /// Options the filesystem takes as data (`mode=755`, `size=65536k`).
     pub data: String,
+    /// A bind's `uidMappings`/`gidMappings`: the source is seen through
+    /// them (an idmapped mount), as files of the container's user
+    /// namespace.
+    #[serde(default)]
+    pub idmap: Option<MountIdmap>,
+}
+
+/// The id mappings of an idmapped bind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountIdmap {
+    pub uids: Vec<IdMap>,
+    pub gids: Vec<IdMap>,
 }
 
 impl MountPlan {
@@ -142,6 +154,68 @@ pub fn default_devices() -> Vec<DevicePlan> {
     })
     .collect()
 }
+
+/// Every mount option wasmpod applies (flags, propagation, recursive
+/// attributes), as a runtime's OCI features list them.
+pub const MOUNT_OPTIONS: [&str; 57] = [
+    "acl",
+    "async",
+    "atime",
+    "bind",
+    "defaults",
+    "dev",
+    "diratime",
+    "dirsync",
+    "exec",
+    "iversion",
+    "lazytime",
+    "loud",
+    "mand",
+    "noacl",
+    "noatime",
+    "nodev",
+    "nodiratime",
+    "noexec",
+    "noiversion",
+    "nolazytime",
+    "nomand",
+    "norelatime",
+    "nostrictatime",
+    "nosuid",
+    "nosymfollow",
+    "rbind",
+    "relatime",
+    "remount",
+    "ro",
+    "rw",
+    "silent",
+    "strictatime",
+    "suid",
+    "sync",
+    "symfollow",
+    "private",
+    "rprivate",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "unbindable",
+    "runbindable",
+    "rro",
+    "rrw",
+    "rnosuid",
+    "rsuid",
+    "rnodev",
+    "rdev",
+    "rnoexec",
+    "rexec",
+    "rnodiratime",
+    "rdiratime",
+    "rnoatime",
+    "rstrictatime",
+    "rnosymfollow",
+    "rsymfollow",
+];
 
 /// The flags one option sets or clears: (set, clear).
 fn option_flag(option: &str) -> Option<(u64, u64)> {
@@ -329,6 +403,33 @@ pub fn parse_mount(m: &Mount, bundle: &Path) -> Result<MountPlan, PlanError> {
         }
         _ => m.source().clone().filter(|s| !s.as_os_str().is_empty()),
     };
+    let maps = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<IdMap> {
+        m.iter()
+            .flatten()
+            .map(|x| IdMap {
+                container: x.container_id(),
+                host: x.host_id(),
+                size: x.size(),
+            })
+            .collect()
+    };
+    let (uids, gids) = (maps(m.uid_mappings()), maps(m.gid_mappings()));
+    let idmap = match (uids.is_empty(), gids.is_empty()) {
+        (true, true) => None,
+        (false, false) if kind == MountKind::Bind => Some(MountIdmap { uids, gids }),
+        (false, false) => {
+            return Err(PlanError::UserNamespace {
+                field: "mounts[].uidMappings",
+                why: "only bind mounts can be idmapped",
+            })
+        }
+        _ => {
+            return Err(PlanError::UserNamespace {
+                field: "mounts[].uidMappings",
+                why: "an idmapped mount needs both uidMappings and gidMappings",
+            })
+        }
+    };
     Ok(MountPlan {
         kind,
         source,
@@ -338,6 +439,7 @@ pub fn parse_mount(m: &Mount, bundle: &Path) -> Result<MountPlan, PlanError> {
         propagation,
         recursive,
         data: data.join(","),
+        idmap,
     })
 }
 
@@ -355,6 +457,18 @@ pub fn parse_rootfs_propagation(value: Option<&str>) -> Result<Option<u64>, Plan
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_listed_mount_option_is_applied() {
+        for o in MOUNT_OPTIONS {
+            assert!(
+                option_flag(o).is_some()
+                    || propagation_flag(o).is_some()
+                    || recursive_attr(o).is_some(),
+                "{o}"
+            );
+        }
+    }
     use serde_json::json;
 
     fn mount(v: serde_json::Value) -> Result<MountPlan, PlanError> {

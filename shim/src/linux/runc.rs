@@ -140,6 +140,57 @@ impl Runc {
         Ok(())
     }
 
+    /// Whether this runc makes idmapped mounts (`mountExtensions.idmap` in
+    /// `runc features`, runc 1.2 and later); `Err` says why not.
+    pub async fn idmap_mounts(&self, exits: &ExitRouter) -> std::result::Result<(), String> {
+        let mut child = Command::new("runc")
+            .arg("features")
+            .stdin(ProcessStdio::null())
+            .stdout(ProcessStdio::piped())
+            .stderr(ProcessStdio::null())
+            .spawn()
+            .map_err(|e| format!("`runc features`: {e}"))?;
+        let pid = i32::try_from(child.id()).map_err(|_| "`runc features`: no pid".to_owned())?;
+        let stdout = child.stdout.take();
+        drop(child);
+        let exit = exits.watch(pid);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut text = Vec::new();
+            if let Some(mut out) = stdout {
+                std::io::Read::read_to_end(&mut out, &mut text).map(|_| text)
+            } else {
+                Ok(text)
+            }
+        });
+        let text = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .map_err(|_| {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                "`runc features` did not answer in 10 s".to_owned()
+            })?
+            .map_err(|e| format!("`runc features`: {e}"))?
+            .map_err(|e| format!("`runc features`: {e}"))?;
+        let code = exit.await.map(|e| e.code).unwrap_or(u32::MAX);
+        if code != 0 {
+            return Err(format!("`runc features` failed with exit status {code}"));
+        }
+        let features: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("`runc features` is not JSON: {e}"))?;
+        let version = features["annotations"]["org.opencontainers.runc.version"]
+            .as_str()
+            .unwrap_or("of unknown version")
+            .to_owned();
+        match features["linux"]["mountExtensions"]["idmap"]["enabled"].as_bool() {
+            Some(true) => Ok(()),
+            _ => Err(format!(
+                "runc {version}: no mountExtensions.idmap in `runc features`"
+            )),
+        }
+    }
+
     /// `runc create`: the container process exists (its pid is returned)
     /// and waits for `start`.
     pub async fn create(

@@ -138,20 +138,20 @@ fn prepare(
 ) -> Result<(engine::Prepared, engine::LoadInfo), RunnerError> {
     let sys = &Linux;
     let plan = &req.plan;
-    let mounts = sandbox::before_load(sys, plan)?;
+    let entered = sandbox::before_load(sys, plan)?;
     spans.mark("namespaces");
     let (entrypoint, bytes) = match &req.wasm {
         Some(layer) => engine::read_layer(layer)?,
         None => {
             // inside the root, permissions are the user's, as for an exec
-            let root = engine::open_root(mounts.load_root(plan))?;
+            let root = engine::open_root(entered.load_root(plan))?;
             sandbox::process::as_user(sys, plan, || engine::read_entrypoint(&root, plan))??
         }
     };
     spans.mark("read");
     let loaded = engine::load(plan, req.cache.as_ref(), entrypoint, bytes)?;
     spans.extend_nested("", loaded.info.spans.steps());
-    let guest = sandbox::after_load(sys, plan, mounts)?;
+    let guest = sandbox::after_load(sys, plan, entered)?;
     spans.mark("sandbox");
     let prepared = loaded.with_guest(plan, guest)?;
     spans.mark("context");

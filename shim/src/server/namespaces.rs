@@ -113,6 +113,13 @@ pub fn share_with(pid: i32, plan: &mut RunPlan) -> Result<Vec<File>, NamespaceFi
         }
         held.push(file);
     }
+    // the user namespace the runner entered last (the pod's, or its own)
+    if let Some(userns) = plan.user_namespace.as_mut() {
+        let path = PathBuf::from(format!("/proc/{pid}/ns/user"));
+        let file = File::open(&path).map_err(|source| NamespaceFileError { path, source })?;
+        userns.path = Some(format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd()).into());
+        held.push(file);
+    }
     Ok(held)
 }
 

@@ -14,14 +14,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// One range of an id mapping: `size` ids from `container` inside map to
-/// `host` outside (OCI `LinuxIDMapping`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdRange {
-    pub container: u32,
-    pub host: u32,
-    pub size: u32,
-}
+pub use wasmpod_oci::plan::IdMap as IdRange;
 
 /// The text of `/proc/PID/uid_map` (or `gid_map`) for `ranges`.
 pub fn map_text(ranges: &[IdRange]) -> String {
@@ -75,15 +68,48 @@ pub fn user_namespace(uids: &[IdRange], gids: &[IdRange]) -> io::Result<OwnedFd>
     }
     let pid = pid as i32;
     let result = (|| {
-        let proc = format!("/proc/{pid}");
-        fs::write(format!("{proc}/uid_map"), map_text(uids))?;
-        fs::write(format!("{proc}/gid_map"), map_text(gids))?;
-        fs::File::open(format!("{proc}/ns/user")).map(OwnedFd::from)
+        let proc = format!("/proc/{}", proc_pid(pid)?);
+        let at = |file: &'static str| {
+            let proc = proc.clone();
+            move |e: io::Error| io::Error::new(e.kind(), format!("{proc}/{file}: {e}"))
+        };
+        fs::write(format!("{proc}/uid_map"), map_text(uids)).map_err(at("uid_map"))?;
+        fs::write(format!("{proc}/gid_map"), map_text(gids)).map_err(at("gid_map"))?;
+        fs::File::open(format!("{proc}/ns/user"))
+            .map(OwnedFd::from)
+            .map_err(at("ns/user"))
     })();
     drop(write);
     drop(read);
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     result
+}
+
+/// The pid `/proc` knows the child `pid` by: `clone` returns it in this
+/// process's PID namespace, but `/proc` may be the node's procfs (a runner
+/// is pid 1 of its own namespace before its procfs is mounted). The
+/// thread's `children` file lists them as `/proc` numbers them, and the
+/// last `NSpid` of each is the one `clone` returned.
+fn proc_pid(pid: i32) -> io::Result<i32> {
+    let children = fs::read_to_string("/proc/thread-self/children")?;
+    for c in children.split_whitespace() {
+        let Ok(status) = fs::read_to_string(format!("/proc/{c}/status")) else {
+            continue;
+        };
+        let innermost = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|p| p.parse::<i32>().ok());
+        if innermost == Some(pid) {
+            return c
+                .parse()
+                .map_err(|_| io::Error::other(format!("child pid {c:?}")));
+        }
+    }
+    Err(io::Error::other(format!(
+        "child {pid} is not among this thread's children in /proc ({children:?})"
+    )))
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {
@@ -147,6 +173,45 @@ pub fn idmapped_tree(path: &Path, userns: BorrowedFd<'_>, recursive: bool) -> io
         return Err(io::Error::last_os_error());
     }
     Ok(tree)
+}
+
+/// Attaches the detached mount `tree` at `target` (`move_mount(2)`),
+/// following symlinks there (a `/proc/self/fd/N` name of the mount point).
+pub fn attach(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
+    let ctarget = c_path(target)?;
+    // SAFETY: move_mount(2) reads two NUL-terminated strings, both alive
+    // for the call; no memory is written.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            ctarget.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_SYMLINKS,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Bind-mounts `source` on `target` idmapped with these mappings (the
+/// tree below it too with `recursive`).
+pub fn bind_idmapped(
+    source: &Path,
+    target: &Path,
+    recursive: bool,
+    uids: &[IdRange],
+    gids: &[IdRange],
+) -> io::Result<()> {
+    let step =
+        |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let userns = user_namespace(uids, gids).map_err(step("user namespace of the mappings"))?;
+    let tree = idmapped_tree(source, std::os::fd::AsFd::as_fd(&userns), recursive)
+        .map_err(step("idmapped copy"))?;
+    attach(std::os::fd::AsFd::as_fd(&tree), target).map_err(step("move_mount"))
 }
 
 #[cfg(test)]

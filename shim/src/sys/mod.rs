@@ -117,6 +117,22 @@ pub trait Sys: Send + Sync {
         clear: u64,
         recursive: bool,
     ) -> io::Result<()>;
+    /// A new user namespace with these mappings, held by the descriptor
+    /// (see [`idmap::user_namespace`]).
+    fn user_namespace(
+        &self,
+        uids: &[idmap::IdRange],
+        gids: &[idmap::IdRange],
+    ) -> io::Result<OwnedFd>;
+    /// A bind of `source` on `target` seen through these mappings.
+    fn bind_idmapped(
+        &self,
+        source: &Path,
+        target: &Path,
+        recursive: bool,
+        uids: &[idmap::IdRange],
+        gids: &[idmap::IdRange],
+    ) -> io::Result<()>;
 }
 
 /// The highest capability number [`Sys::drop_bounding`] and
@@ -278,6 +294,25 @@ impl Sys for Linux {
 
     fn load_seccomp(&self, program: &[u8], flags: u32) -> io::Result<()> {
         sandbox::load_seccomp(program, flags)
+    }
+
+    fn user_namespace(
+        &self,
+        uids: &[idmap::IdRange],
+        gids: &[idmap::IdRange],
+    ) -> io::Result<OwnedFd> {
+        idmap::user_namespace(uids, gids)
+    }
+
+    fn bind_idmapped(
+        &self,
+        source: &Path,
+        target: &Path,
+        recursive: bool,
+        uids: &[idmap::IdRange],
+        gids: &[idmap::IdRange],
+    ) -> io::Result<()> {
+        idmap::bind_idmapped(source, target, recursive, uids, gids)
     }
 
     fn clone_mount(&self, path: &Path) -> io::Result<OwnedFd> {

@@ -68,6 +68,14 @@ pub enum Call {
         clear: u64,
         recursive: bool,
     },
+    /// A user namespace with (uid_map, gid_map) as the kernel's text.
+    UserNamespace(String, String),
+    BindIdmapped {
+        source: PathBuf,
+        target: PathBuf,
+        recursive: bool,
+        uid_map: String,
+    },
 }
 
 /// Which calls fail, and how.
@@ -272,6 +280,35 @@ impl Sys for Recording {
 
     fn load_seccomp(&self, program: &[u8], flags: u32) -> io::Result<()> {
         self.record(Call::Seccomp(program.len(), flags))
+    }
+
+    fn user_namespace(
+        &self,
+        uids: &[super::idmap::IdRange],
+        gids: &[super::idmap::IdRange],
+    ) -> io::Result<OwnedFd> {
+        self.record(Call::UserNamespace(
+            super::idmap::map_text(uids),
+            super::idmap::map_text(gids),
+        ))?;
+        // a descriptor the tests can name: this process's own namespace
+        Ok(std::fs::File::open("/proc/self/ns/user")?.into())
+    }
+
+    fn bind_idmapped(
+        &self,
+        source: &Path,
+        target: &Path,
+        recursive: bool,
+        uids: &[super::idmap::IdRange],
+        _gids: &[super::idmap::IdRange],
+    ) -> io::Result<()> {
+        self.record(Call::BindIdmapped {
+            source: source.to_owned(),
+            target: resolved(target),
+            recursive,
+            uid_map: super::idmap::map_text(uids),
+        })
     }
 
     fn clone_mount(&self, path: &Path) -> io::Result<OwnedFd> {

@@ -76,6 +76,7 @@ pub(super) fn mount_cgroup(
             propagation: Vec::new(),
             recursive: None,
             data: String::new(),
+            idmap: None,
         };
         mount_one(sys, root, rootfs, &sub)?;
         // cpu,cpuacct → links cpu and cpuacct

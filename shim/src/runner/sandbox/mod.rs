@@ -3,13 +3,15 @@
 //! function named after the spec field it applies:
 //!
 //! ```text
-//! before the load      oomScoreAdj → namespaces (net, ipc, uts) → mount namespace:
+//! before the load      oomScoreAdj → user namespace opened (or made) → namespaces (net, ipc, uts)
+//!                      → mount namespace:
 //!                      new: propagation, rootfs bind, mounts, devices, /dev links, guest root clone
 //!                      joined (an exec'd process): setns, guest root clone
 //! the load             entry point read as the user (fsuid), compiled or mapped as root
 //! after the load       one thread left (checked) → pivot_root → read-only remounts, root readonly
 //!                      → umask → hostname → sysctls → readonlyPaths → maskedPaths → guest root
-//!                      → name lookup → noNewPrivileges → rlimits → seccomp (if it needs privileges)
+//!                      → name lookup → rlimits → user namespace (setns) → noNewPrivileges
+//!                      → seccomp (if it needs privileges)
 //!                      → bounding set, keepcaps, groups, gid, uid, capabilities → AppArmor/SELinux
 //! before the guest     seccomp (with noNewPrivileges: as late as possible)
 //! ```
@@ -137,6 +139,12 @@ pub enum SandboxError {
     },
     #[error("the runner has {0} threads where it must have one to change its credentials")]
     Threads(usize),
+    #[error("user namespace {path}: {source}")]
+    UserNamespace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl SandboxError {
@@ -178,11 +186,47 @@ impl Mounts {
     }
 }
 
-/// The steps before the load: `oomScoreAdj`, the namespaces, the mount
-/// namespace.
-pub fn before_load(sys: &dyn Sys, plan: &RunPlan) -> Result<Mounts, SandboxError> {
+/// What [`before_load`] leaves for [`after_load`].
+pub struct Entered {
+    pub mounts: Mounts,
+    /// The user namespace to enter after the mounts: the pod's, opened
+    /// while its path is still reachable, or a new one with the mappings.
+    userns: Option<std::os::fd::OwnedFd>,
+}
+
+impl Entered {
+    /// The directory the entry point is resolved in at load time.
+    pub fn load_root<'a>(&'a self, plan: &'a RunPlan) -> &'a Path {
+        self.mounts.load_root(plan)
+    }
+}
+
+/// The steps before the load: `oomScoreAdj`, the user namespace opened (or
+/// made), the namespaces, the mount namespace.
+pub fn before_load(sys: &dyn Sys, plan: &RunPlan) -> Result<Entered, SandboxError> {
     process::oom_score_adj(sys, plan)?;
+    let userns = match &plan.user_namespace {
+        None => None,
+        Some(ns) => {
+            let err = |source| SandboxError::UserNamespace {
+                path: ns.path.clone().unwrap_or_else(|| "new".into()),
+                source,
+            };
+            Some(match &ns.path {
+                Some(path) => File::open(path)
+                    .map(std::os::fd::OwnedFd::from)
+                    .map_err(err)?,
+                None => sys.user_namespace(&ns.uids, &ns.gids).map_err(err)?,
+            })
+        }
+    };
     namespace::enter(sys, &plan.namespaces)?;
+    let mounts = mount_namespace(sys, plan)?;
+    Ok(Entered { mounts, userns })
+}
+
+/// The container's mount namespace: joined, or made below the rootfs.
+fn mount_namespace(sys: &dyn Sys, plan: &RunPlan) -> Result<Mounts, SandboxError> {
     let Some(ns) = &plan.mount_namespace else {
         return Ok(Mounts::Host);
     };
@@ -213,12 +257,18 @@ pub fn before_load(sys: &dyn Sys, plan: &RunPlan) -> Result<Mounts, SandboxError
 
 /// The steps after the load, up to the user and its capabilities and the
 /// LSM profile; returns what the guest's file system is.
-pub fn after_load(sys: &dyn Sys, plan: &RunPlan, mounts: Mounts) -> Result<GuestFs, SandboxError> {
+pub fn after_load(
+    sys: &dyn Sys,
+    plan: &RunPlan,
+    entered: Entered,
+) -> Result<GuestFs, SandboxError> {
     // credentials are per thread: no other thread may keep the runner's
+    // (and only a single-threaded process may enter a user namespace)
     let threads = sys.settled_threads();
     if threads != 1 {
         return Err(SandboxError::Threads(threads));
     }
+    let Entered { mounts, userns } = entered;
     let guest = match mounts {
         Mounts::Host => {
             umask(sys, plan);
@@ -244,8 +294,17 @@ pub fn after_load(sys: &dyn Sys, plan: &RunPlan, mounts: Mounts) -> Result<Guest
         }
     };
     process::name_lookup(sys)?;
-    process::no_new_privileges(sys, plan)?;
     process::rlimits(sys, plan)?;
+    if let (Some(fd), Some(ns)) = (&userns, &plan.user_namespace) {
+        // last of the privileged steps: the mounts, hostname, sysctls and
+        // rlimits above were made as the node's root (see docs/security.md)
+        sys.setns(fd.as_fd(), CloneFlags::CLONE_NEWUSER)
+            .map_err(|source| SandboxError::UserNamespace {
+                path: ns.path.clone().unwrap_or_else(|| "new".into()),
+                source,
+            })?;
+    }
+    process::no_new_privileges(sys, plan)?;
     if !plan.no_new_privileges {
         // without no_new_privs loading a filter needs CAP_SYS_ADMIN: now
         process::seccomp(sys, plan)?;

@@ -197,14 +197,24 @@ pub fn user_and_capabilities(sys: &dyn Sys, plan: &RunPlan) -> Result<(), Sandbo
 /// and supplementary groups for permission checks), so what it opens is
 /// what the user may open; the runner's own identity comes back after.
 pub fn as_user<T>(sys: &dyn Sys, plan: &RunPlan, f: impl FnOnce() -> T) -> Result<T, SandboxError> {
-    let user = &plan.user;
-    sys.setgroups(&user.additional_gids)
+    // before the user namespace is entered: the user's ids on the node
+    let unmapped = |what| {
+        move |e: wasmpod_oci::plan::PlanError| SandboxError::User {
+            what,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+        }
+    };
+    let (host_uid, host_gid) = plan.host_ids().map_err(unmapped("uid"))?;
+    let groups = plan
+        .host_additional_gids()
+        .map_err(unmapped("additionalGids"))?;
+    sys.setgroups(&groups)
         .map_err(|source| SandboxError::User {
             what: "additionalGids",
             source,
         })?;
-    let gid = sys.setfsgid(user.gid);
-    let uid = sys.setfsuid(user.uid);
+    let gid = sys.setfsgid(host_gid);
+    let uid = sys.setfsuid(host_uid);
     let out = f();
     sys.setfsuid(uid);
     sys.setfsgid(gid);

@@ -208,13 +208,22 @@ pub(super) fn mount_one(
             let target =
                 resolve(root, &m.destination, create, false).map_err(err("mount point"))?;
             let bind = m.flags & (bits(MsFlags::MS_BIND) | bits(MsFlags::MS_REC));
-            sys.mount(
-                Some(&source),
-                &fd_path(&target),
-                Some("bind"),
-                ms(bind),
-                None,
-            )
+            match &m.idmap {
+                None => sys.mount(
+                    Some(&source),
+                    &fd_path(&target),
+                    Some("bind"),
+                    ms(bind),
+                    None,
+                ),
+                Some(idmap) => sys.bind_idmapped(
+                    &source,
+                    &fd_path(&target),
+                    bind & bits(MsFlags::MS_REC) != 0,
+                    &idmap.uids,
+                    &idmap.gids,
+                ),
+            }
             .map_err(err("bind"))?;
             let mounted =
                 resolve(root, &m.destination, create, false).map_err(err("mount point"))?;

@@ -161,8 +161,8 @@ fn a_restricted_container_is_set_up_in_runcs_order() {
         ("hosts: files dns at most", |c| {
             matches!(c, Call::HostsLookup(_))
         }),
-        ("noNewPrivileges", |c| matches!(c, Call::NoNewPrivs)),
         ("rlimits", |c| matches!(c, Call::Setrlimit(7, 512, 1024))),
+        ("noNewPrivileges", |c| matches!(c, Call::NoNewPrivs)),
         ("bounding set", |c| matches!(c, Call::DropBounding(0))),
         ("keep capabilities", |c| matches!(c, Call::Keepcaps(true))),
         (
@@ -365,6 +365,86 @@ fn the_entry_point_is_read_as_the_user() {
             Call::Setfsgid(0),
         ]
     );
+}
+
+/// `plan` in a user namespace mapping 0..65536 to 1000000.., joined by
+/// path (`Some`) or made (`None`), with /etc/hosts an idmapped bind.
+fn in_user_namespace(mut plan: RunPlan, path: Option<&str>) -> RunPlan {
+    use wasmpod_oci::plan::{mounts::MountIdmap, IdMap, UserNamespacePlan};
+    let map = vec![IdMap {
+        container: 0,
+        host: 1_000_000,
+        size: 65536,
+    }];
+    plan.user_namespace = Some(UserNamespacePlan {
+        path: path.map(Into::into),
+        uids: map.clone(),
+        gids: map.clone(),
+    });
+    let hosts = plan
+        .mounts
+        .iter_mut()
+        .find(|m| m.destination == "/etc/hosts")
+        .expect("the restricted spec binds /etc/hosts");
+    hosts.idmap = Some(MountIdmap {
+        uids: map.clone(),
+        gids: map,
+    });
+    plan
+}
+
+#[test]
+fn a_user_namespace_is_entered_after_the_mounts_and_before_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = in_user_namespace(restricted_plan(dir.path()), Some("/proc/self/ns/user"));
+    let sys = Recording::default();
+    let entered = before_load(&sys, &plan).unwrap();
+    // the load reads the entry point as the user's ids on the node
+    process::as_user(&sys, &plan, || ()).unwrap();
+    after_load(&sys, &plan, entered).unwrap();
+    let calls = sys.calls();
+    in_order(
+        &calls,
+        &[
+            (
+                "the idmapped /etc/hosts",
+                |c| matches!(c, Call::BindIdmapped { uid_map, .. } if uid_map == "0 1000000 65536\n"),
+            ),
+            ("the entry point read as the node's uid", |c| {
+                matches!(c, Call::Setfsuid(1_001_000))
+            }),
+            ("pivot_root", |c| matches!(c, Call::PivotRoot(..))),
+            ("rlimits", |c| matches!(c, Call::Setrlimit(..))),
+            (
+                "the user namespace",
+                |c| matches!(c, Call::Setns(k, _) if *k == CloneFlags::CLONE_NEWUSER),
+            ),
+            ("no_new_privs", |c| matches!(c, Call::NoNewPrivs)),
+            ("the user, as ids of the namespace", |c| {
+                matches!(c, Call::Setresuid(1000))
+            }),
+        ],
+    );
+    // a spec without a path: the runner makes one with the mappings
+    let plan = in_user_namespace(restricted_plan(dir.path()), None);
+    let sys = Recording::default();
+    let entered = before_load(&sys, &plan).unwrap();
+    after_load(&sys, &plan, entered).unwrap();
+    assert!(sys.calls().iter().any(|c| matches!(
+        c,
+        Call::UserNamespace(u, g) if u == "0 1000000 65536\n" && g == u
+    )));
+}
+
+#[test]
+fn a_user_the_namespace_does_not_map_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = in_user_namespace(restricted_plan(dir.path()), None);
+    plan.user.uid = 70_000;
+    let sys = Recording::default();
+    let err = process::as_user(&sys, &plan, || ()).unwrap_err();
+    assert!(err.to_string().contains("process.user.uid"), "{err}");
+    assert!(sys.calls().is_empty(), "{:?}", sys.calls());
 }
 
 #[test]

@@ -35,6 +35,13 @@ pub async fn launch(
     let paths = StdioPaths::of_create(req);
     // the runtime option, as runc's shim reads it (never the path's shape)
     let systemd = options.cgroup_driver == CgroupDriver::Systemd;
+    // an old runc ignores a mount's id mappings: refuse, as containerd's
+    // runc shim does, rather than give the container unmapped files
+    if plan.mounts.iter().any(|m| m.idmap.is_some()) {
+        env.runc.idmap_mounts(&env.exits).await.map_err(|why| {
+            crate::error::Error::request(id, crate::error::RequestError::RuncWithoutIdmap { why })
+        })?;
+    }
     let (console_socket, child_stdio, keepalive) = process_io(id, &paths)?;
     let socket_path = console_socket.as_ref().map(|c| c.path());
     let io = ProcessIo {

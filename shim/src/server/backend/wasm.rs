@@ -53,10 +53,13 @@ pub async fn launch(
     if paths.terminal || plan.terminal {
         return Err(Error::request(id, RequestError::Terminal));
     }
-    plan.refuse_user_namespace().map_err(|source| Error::Plan {
-        id: id.to_owned(),
-        source,
-    })?;
+    // in a user namespace, the user must be one it maps
+    plan.host_ids()
+        .and_then(|_| plan.host_additional_gids())
+        .map_err(|source| Error::Plan {
+            id: id.to_owned(),
+            source,
+        })?;
     let mut spans = crate::spans::Spans::new();
     plan.seccomp = seccomp(env, id, spec)?;
     if plan.seccomp.is_some() {
@@ -185,10 +188,12 @@ pub async fn exec(
                 source,
             }
         })?;
-    plan.refuse_user_namespace().map_err(|source| Error::Plan {
-        id: t.id.to_owned(),
-        source,
-    })?;
+    plan.host_ids()
+        .and_then(|_| plan.host_additional_gids())
+        .map_err(|source| Error::Plan {
+            id: t.id.to_owned(),
+            source,
+        })?;
     plan.seccomp = seccomp(env, t.id, &spec)?;
     let (_, child_stdio, keepalive) = process_io(t.id, paths)?;
     // The container's namespaces are its runner's: opened first and checked
