@@ -6,6 +6,7 @@
 //! kubelet drives it, with its log, stats and the memory-limit outcomes;
 //! then a PodSecurity-"restricted" Wasm pod (hello, an HTTP component, an
 //! exec) with its processes' `/proc` status printed beside a runc pod's;
+//! on containerd 2.x a `hostUsers: false` pod with its user namespace;
 //! last, pushes it to a private registry as a classic image and as a Wasm
 //! artifact and runs both from there as kubelet pulls them. Prints each step.
 
@@ -68,6 +69,7 @@ fn main() -> Result<()> {
 
     kubernetes(&cd, &tar)?;
     restricted(&cd)?;
+    host_users_false(&cd)?;
     registry(&cd, &wasm)?;
     cd.assert_no_leftovers()?;
     println!("# no processes, mounts, cgroups, network namespaces, veths or shims left behind");
@@ -329,6 +331,78 @@ fn restricted(cd: &Containerd) -> Result<()> {
     wasm.remove()?;
     plain.remove()?;
     println!("$ StopPodSandbox + RemovePodSandbox restricted-wasm, restricted-runc");
+    Ok(())
+}
+
+/// A pod with `hostUsers: false` (containerd 2.x): its Wasm container in
+/// the pod's user namespace, root inside an unprivileged uid outside.
+fn host_users_false(cd: &Containerd) -> Result<()> {
+    let major = wasmpod_e2e::containerd::major_version(&cd.options().containerd_bin)?;
+    println!("\n# a pod with hostUsers: false (a user namespace mapping 0..65535 to 1000000..)");
+    if major < 2 {
+        println!("  (CRI user namespaces need containerd 2.x; this one is {major}.x: see `make e2e-2.1`)");
+        return Ok(());
+    }
+    let cri = cd.cri()?;
+    let map = api::IdMapping {
+        host_id: 1_000_000,
+        container_id: 0,
+        length: 65536,
+    };
+    let userns = Some(api::UserNamespace {
+        mode: api::NamespaceMode::Pod as i32,
+        uids: vec![map],
+        gids: vec![map],
+    });
+    let mut config = Pod::config(cd, "userns-wasm");
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options
+        .get_or_insert_with(Default::default)
+        .userns_options = userns.clone();
+    let mut pod = Pod::run(cd, &cri, config, HANDLER)?;
+    let mut app = container_config("app", PROBE, &[], &["sleep", "300"]);
+    wasmpod_e2e::cri::security_context(&mut app)
+        .namespace_options
+        .get_or_insert_with(Default::default)
+        .userns_options = userns;
+    let id = pod.start(&app)?;
+    let runner = wasmpod_e2e::procfs::wait_runner(cd, &id)?;
+    let sandbox = pod.sandbox_pid()?;
+    let read = |pid: i32, f: &str| -> Result<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{f}"))?;
+        Ok(text.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    let uid = std::fs::read_to_string(format!("/proc/{runner}/status"))?
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let same = std::fs::read_link(format!("/proc/{runner}/ns/user"))?
+        == std::fs::read_link(format!("/proc/{sandbox}/ns/user"))?;
+    println!(
+        "$ RunPodSandbox userns-wasm + CreateContainer+StartContainer app → {}",
+        short(&id)
+    );
+    println!(
+        "  runner uid_map: {}   gid_map: {}",
+        read(runner, "uid_map")?,
+        read(runner, "gid_map")?
+    );
+    println!("  runner Uid (as the node sees it): {uid}");
+    println!(
+        "  runner in the sandbox's user namespace: {}",
+        if same { "yes" } else { "no" }
+    );
+    ensure!(
+        same && uid.starts_with("1000000"),
+        "the Wasm container is not in the pod's user namespace"
+    );
+    pod.remove()?;
+    println!("$ StopPodSandbox + RemovePodSandbox userns-wasm");
     Ok(())
 }
 
