@@ -91,6 +91,14 @@ pub fn user_namespace(uids: &[IdRange], gids: &[IdRange]) -> io::Result<OwnedFd>
 /// thread's `children` file lists them as `/proc` numbers them, and the
 /// last `NSpid` of each is the one `clone` returned.
 fn proc_pid(pid: i32) -> io::Result<i32> {
+    // `/proc` is this PID namespace's own: the numbers agree
+    let own = fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .is_some_and(|l| l.split_whitespace().count() == 1);
+    if own {
+        return Ok(pid);
+    }
     let children = fs::read_to_string("/proc/thread-self/children")?;
     for c in children.split_whitespace() {
         let Ok(status) = fs::read_to_string(format!("/proc/{c}/status")) else {
