@@ -344,31 +344,12 @@ fn host_users_false(cd: &Containerd) -> Result<()> {
         return Ok(());
     }
     let cri = cd.cri()?;
-    let map = api::IdMapping {
-        host_id: 1_000_000,
-        container_id: 0,
-        length: 65536,
-    };
-    let userns = Some(api::UserNamespace {
-        mode: api::NamespaceMode::Pod as i32,
-        uids: vec![map],
-        gids: vec![map],
-    });
-    let mut config = Pod::config(cd, "userns-wasm");
-    config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options
-        .get_or_insert_with(Default::default)
-        .userns_options = userns.clone();
+    let config = wasmpod_e2e::cri::host_users_false(Pod::config(cd, "userns-wasm"), 1_000_000);
     let mut pod = Pod::run(cd, &cri, config, HANDLER)?;
-    let mut app = container_config("app", PROBE, &[], &["sleep", "300"]);
-    wasmpod_e2e::cri::security_context(&mut app)
-        .namespace_options
-        .get_or_insert_with(Default::default)
-        .userns_options = userns;
+    let app = wasmpod_e2e::cri::in_host_users_false(
+        container_config("app", PROBE, &[], &["sleep", "300"]),
+        1_000_000,
+    );
     let id = pod.start(&app)?;
     let runner = wasmpod_e2e::procfs::wait_runner(cd, &id)?;
     let sandbox = pod.sandbox_pid()?;

@@ -36,6 +36,43 @@ pub fn namespace_options(share_process_namespace: bool) -> api::NamespaceOption 
     }
 }
 
+/// What kubelet sends for a pod with `hostUsers: false` whose 65536 ids
+/// start at `host` on the node.
+fn user_namespace(host: u32) -> api::UserNamespace {
+    let map = api::IdMapping {
+        host_id: host,
+        container_id: 0,
+        length: 65536,
+    };
+    api::UserNamespace {
+        mode: api::NamespaceMode::Pod as i32,
+        uids: vec![map],
+        gids: vec![map],
+    }
+}
+
+/// `config` of a pod with `hostUsers: false`, its ids from `host` up.
+pub fn host_users_false(mut config: api::PodSandboxConfig, host: u32) -> api::PodSandboxConfig {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options
+        .get_or_insert_with(Default::default)
+        .userns_options = Some(user_namespace(host));
+    config
+}
+
+/// `config` of a container of such a pod.
+pub fn in_host_users_false(mut config: api::ContainerConfig, host: u32) -> api::ContainerConfig {
+    security_context(&mut config)
+        .namespace_options
+        .get_or_insert_with(Default::default)
+        .userns_options = Some(user_namespace(host));
+    config
+}
+
 /// `config` for a pod with `shareProcessNamespace: true`.
 pub fn with_shared_pids(mut config: api::ContainerConfig) -> api::ContainerConfig {
     config

@@ -109,12 +109,16 @@ pub struct IdMap {
 }
 
 impl IdMap {
-    fn of(m: &oci_spec::runtime::LinuxIdMapping) -> IdMap {
-        IdMap {
-            container: m.container_id(),
-            host: m.host_id(),
-            size: m.size(),
-        }
+    /// The spec's `uidMappings` or `gidMappings` (of `linux` or of a mount).
+    pub(crate) fn all_of(maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>) -> Vec<IdMap> {
+        maps.iter()
+            .flatten()
+            .map(|m| IdMap {
+                container: m.container_id(),
+                host: m.host_id(),
+                size: m.size(),
+            })
+            .collect()
     }
 
     /// The host id of container id `id` under `maps`, if it is mapped.
@@ -406,11 +410,12 @@ impl RunPlan {
             .and_then(|l| l.namespaces().as_ref())
             .cloned()
             .unwrap_or_default();
-        let maps = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<IdMap> {
-            m.iter().flatten().map(IdMap::of).collect()
-        };
-        let uids = linux.map(|l| maps(l.uid_mappings())).unwrap_or_default();
-        let gids = linux.map(|l| maps(l.gid_mappings())).unwrap_or_default();
+        let uids = linux
+            .map(|l| IdMap::all_of(l.uid_mappings()))
+            .unwrap_or_default();
+        let gids = linux
+            .map(|l| IdMap::all_of(l.gid_mappings()))
+            .unwrap_or_default();
         let user_namespace = match spec_namespaces
             .iter()
             .rfind(|ns| ns.typ() == LinuxNamespaceType::User)
@@ -611,6 +616,13 @@ impl RunPlan {
             IdMap::to_host(&ns.uids, self.user.uid).ok_or(unmapped("process.user.uid"))?,
             IdMap::to_host(&ns.gids, self.user.gid).ok_or(unmapped("process.user.gid"))?,
         ))
+    }
+
+    /// The spec's user as the node sees it: uid, gid and additional gids
+    /// (see [`RunPlan::host_ids`]).
+    pub fn host_user(&self) -> Result<(u32, u32, Vec<u32>), PlanError> {
+        let (uid, gid) = self.host_ids()?;
+        Ok((uid, gid, self.host_additional_gids()?))
     }
 
     /// The host gids of `process.user.additionalGids`.

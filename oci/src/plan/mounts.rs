@@ -403,17 +403,10 @@ pub fn parse_mount(m: &Mount, bundle: &Path) -> Result<MountPlan, PlanError> {
         }
         _ => m.source().clone().filter(|s| !s.as_os_str().is_empty()),
     };
-    let maps = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<IdMap> {
-        m.iter()
-            .flatten()
-            .map(|x| IdMap {
-                container: x.container_id(),
-                host: x.host_id(),
-                size: x.size(),
-            })
-            .collect()
-    };
-    let (uids, gids) = (maps(m.uid_mappings()), maps(m.gid_mappings()));
+    let (uids, gids) = (
+        IdMap::all_of(m.uid_mappings()),
+        IdMap::all_of(m.gid_mappings()),
+    );
     let idmap = match (uids.is_empty(), gids.is_empty()) {
         (true, true) => None,
         (false, false) if kind == MountKind::Bind => Some(MountIdmap { uids, gids }),

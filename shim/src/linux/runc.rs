@@ -70,6 +70,8 @@ const RUNC_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct Runc {
     root: PathBuf,
+    /// What `runc features` said of idmapped mounts, asked once.
+    idmap: std::sync::Arc<tokio::sync::OnceCell<std::result::Result<(), String>>>,
 }
 
 impl Runc {
@@ -77,6 +79,7 @@ impl Runc {
     pub fn new(namespace: &str) -> Self {
         Runc {
             root: Path::new(RUNC_ROOT).join(namespace),
+            idmap: Default::default(),
         }
     }
 
@@ -141,8 +144,16 @@ impl Runc {
     }
 
     /// Whether this runc makes idmapped mounts (`mountExtensions.idmap` in
-    /// `runc features`, runc 1.2 and later); `Err` says why not.
+    /// `runc features`, runc 1.2 and later); `Err` says why not. Asked once
+    /// per shim: the node's runc does not change under a running pod.
     pub async fn idmap_mounts(&self, exits: &ExitRouter) -> std::result::Result<(), String> {
+        self.idmap
+            .get_or_init(|| Self::ask_idmap_mounts(exits))
+            .await
+            .clone()
+    }
+
+    async fn ask_idmap_mounts(exits: &ExitRouter) -> std::result::Result<(), String> {
         let mut child = Command::new("runc")
             .arg("features")
             .stdin(ProcessStdio::null())

@@ -7,11 +7,9 @@
 //! kernel only reads its mappings, never its processes, so a short-lived
 //! child that owns it is enough ([`user_namespace`]).
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 pub use wasmpod_oci::plan::IdMap as IdRange;
@@ -120,73 +118,27 @@ fn proc_pid(pid: i32) -> io::Result<i32> {
     )))
 }
 
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
-}
-
-/// `struct mount_attr` of `<linux/mount.h>`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-
 /// A detached copy of the mount at `path` (of the tree below it too with
 /// `recursive`), idmapped through `userns`: ids on disk are shown, and
 /// written, as that namespace maps them. The copy is reachable only through
 /// the descriptor (`/proc/self/fd/N` names it, e.g. as an overlay layer);
 /// closing it unmounts it unless something else holds it.
 pub fn idmapped_tree(path: &Path, userns: BorrowedFd<'_>, recursive: bool) -> io::Result<OwnedFd> {
-    let cpath = c_path(path)?;
-    let mut flags = (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: open_tree(2) reads the NUL-terminated path and returns a new
-    // descriptor, owned by the OwnedFd below; it writes no memory.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, cpath.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor open_tree just returned, owned by nothing else.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    let mut at = libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        at |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: mount_setattr(2) reads `size` bytes of `attr`, a live
-    // repr(C) struct of exactly that size, and the empty C string.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            at,
-            std::ptr::addr_of!(attr),
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let tree = super::sandbox::open_tree_clone(path, recursive)?;
+    super::sandbox::set_mount_attr(
+        tree.as_fd(),
+        libc::MOUNT_ATTR_IDMAP,
+        0,
+        recursive,
+        Some(userns),
+    )?;
     Ok(tree)
 }
 
 /// Attaches the detached mount `tree` at `target` (`move_mount(2)`),
 /// following symlinks there (a `/proc/self/fd/N` name of the mount point).
 pub fn attach(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
-    let ctarget = c_path(target)?;
+    let ctarget = super::sandbox::c_path(target)?;
     // SAFETY: move_mount(2) reads two NUL-terminated strings, both alive
     // for the call; no memory is written.
     let rc = unsafe {
@@ -217,15 +169,13 @@ pub fn bind_idmapped(
     let step =
         |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
     let userns = user_namespace(uids, gids).map_err(step("user namespace of the mappings"))?;
-    let tree = idmapped_tree(source, std::os::fd::AsFd::as_fd(&userns), recursive)
-        .map_err(step("idmapped copy"))?;
-    attach(std::os::fd::AsFd::as_fd(&tree), target).map_err(step("move_mount"))
+    let tree = idmapped_tree(source, userns.as_fd(), recursive).map_err(step("idmapped copy"))?;
+    attach(tree.as_fd(), target).map_err(step("move_mount"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
 
     #[test]

@@ -63,14 +63,27 @@ pub fn load_seccomp(program: &[u8], flags: u32) -> std::io::Result<()> {
     check(rc).map(drop)
 }
 
+/// `path` as a C string.
+pub(super) fn c_path(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
 /// `open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)` of the mount tree at
 /// `path`: a detached copy of it and every mount below it, reachable only
 /// through the returned fd.
 pub fn clone_mount(path: &Path) -> std::io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let flags = libc::OPEN_TREE_CLONE
-        | libc::O_CLOEXEC as libc::c_uint
-        | libc::AT_RECURSIVE as libc::c_uint;
+    open_tree_clone(path, true)
+}
+
+/// `open_tree(OPEN_TREE_CLONE)` of the mount at `path` (with the mounts
+/// below it when `recursive`): a detached copy, reachable only through the
+/// returned fd.
+pub(super) fn open_tree_clone(path: &Path, recursive: bool) -> std::io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
     // SAFETY: open_tree(2) reads the NUL-terminated path for the call only
     // and returns a new descriptor (or -1).
     let fd =
@@ -97,11 +110,23 @@ pub fn mount_setattr(
     clear: u64,
     recursive: bool,
 ) -> std::io::Result<()> {
+    set_mount_attr(fd, set, clear, recursive, None)
+}
+
+/// [`mount_setattr`], with the user namespace `MOUNT_ATTR_IDMAP` maps
+/// through.
+pub(super) fn set_mount_attr(
+    fd: BorrowedFd<'_>,
+    set: u64,
+    clear: u64,
+    recursive: bool,
+    userns: Option<BorrowedFd<'_>>,
+) -> std::io::Result<()> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: clear,
         propagation: 0,
-        userns_fd: 0,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
     let mut flags = libc::AT_EMPTY_PATH;
     if recursive {

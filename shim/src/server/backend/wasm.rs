@@ -54,12 +54,10 @@ pub async fn launch(
         return Err(Error::request(id, RequestError::Terminal));
     }
     // in a user namespace, the user must be one it maps
-    plan.host_ids()
-        .and_then(|_| plan.host_additional_gids())
-        .map_err(|source| Error::Plan {
-            id: id.to_owned(),
-            source,
-        })?;
+    plan.host_user().map_err(|source| Error::Plan {
+        id: id.to_owned(),
+        source,
+    })?;
     let mut spans = crate::spans::Spans::new();
     plan.seccomp = seccomp(env, id, spec)?;
     if plan.seccomp.is_some() {
@@ -188,12 +186,10 @@ pub async fn exec(
                 source,
             }
         })?;
-    plan.host_ids()
-        .and_then(|_| plan.host_additional_gids())
-        .map_err(|source| Error::Plan {
-            id: t.id.to_owned(),
-            source,
-        })?;
+    plan.host_user().map_err(|source| Error::Plan {
+        id: t.id.to_owned(),
+        source,
+    })?;
     plan.seccomp = seccomp(env, t.id, &spec)?;
     let (_, child_stdio, keepalive) = process_io(t.id, paths)?;
     // The container's namespaces are its runner's: opened first and checked
