@@ -11,7 +11,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use wasmpod_e2e::cri::{api, container_config, Pod, HANDLER};
+use wasmpod_e2e::cri::{
+    api, container_config, host_users_false, in_host_users_false, Pod, HANDLER,
+};
 use wasmpod_e2e::images::busybox_image;
 use wasmpod_e2e::procfs::wait_runner;
 use wasmpod_e2e::{Containerd, ContainerdOptions};
@@ -23,39 +25,14 @@ const HOST_BASE: u32 = 1_000_000;
 const SIZE: u32 = 65536;
 const BUSYBOX: &str = "docker.io/wasmpod-e2e/busybox:userns";
 
-fn mapping() -> Option<api::UserNamespace> {
-    let map = api::IdMapping {
-        host_id: HOST_BASE,
-        container_id: 0,
-        length: SIZE,
-    };
-    Some(api::UserNamespace {
-        mode: api::NamespaceMode::Pod as i32,
-        uids: vec![map],
-        gids: vec![map],
-    })
-}
-
 /// `config` of a pod with `hostUsers: false`, as kubelet sends it.
-fn userns_pod(mut config: api::PodSandboxConfig) -> api::PodSandboxConfig {
-    config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options
-        .get_or_insert_with(Default::default)
-        .userns_options = mapping();
-    config
+fn userns_pod(config: api::PodSandboxConfig) -> api::PodSandboxConfig {
+    host_users_false(config, HOST_BASE)
 }
 
 /// `config` of a container of such a pod.
-fn userns_container(mut config: api::ContainerConfig) -> api::ContainerConfig {
-    wasmpod_e2e::cri::security_context(&mut config)
-        .namespace_options
-        .get_or_insert_with(Default::default)
-        .userns_options = mapping();
-    config
+fn userns_container(config: api::ContainerConfig) -> api::ContainerConfig {
+    in_host_users_false(config, HOST_BASE)
 }
 
 /// `/proc/PID/{uid_map,gid_map}` with the whitespace squeezed.
@@ -91,43 +68,65 @@ fn ns(pid: i32, kind: &str) -> Result<String> {
 fn ctr_run_with_a_uidmap_runs_in_a_user_namespace_of_its_own() -> Result<()> {
     let cd = Containerd::start(ContainerdOptions::default())?;
     let image = probe_image(&cd, P1)?;
-    let id = cd.unique_id("userns");
+    let tar = busybox_image(BUSYBOX)?;
+    cd.ctr(&[
+        "images",
+        "import",
+        "--all-platforms",
+        &tar.to_string_lossy(),
+    ])?;
     let map = format!("0:{HOST_BASE}:{SIZE}");
-    let mut ctr = spawn_run(
+    let flags = ["--uidmap", map.as_str(), "--gidmap", map.as_str()];
+    // the same flags for a Wasm container and for busybox under runc
+    let wasm_id = cd.unique_id("userns-wasm");
+    let runc_id = cd.unique_id("userns-runc");
+    let mut wasm = spawn_run(
         &cd,
-        &["--uidmap", &map, "--gidmap", &map],
+        &flags,
         &image,
-        &id,
+        &wasm_id,
         &["/probe.wasm", "sleep", "30"],
     )?;
-    let pid = match running_pid(&cd, &id) {
-        Ok(p) => i32::try_from(p)?,
-        Err(e) => {
-            let _ = ctr.kill();
-            let out = ctr.wait_with_output()?;
-            anyhow::bail!(
-                "{e:#}; ctr: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+    let mut runc_flags = vec!["--runtime", "io.containerd.runc.v2"];
+    runc_flags.extend(flags);
+    let mut plain = cd.ctr_spawn(
+        &[
+            &["run", "--rm"][..],
+            &runc_flags,
+            &[BUSYBOX, &runc_id, "/bin/sleep", "30"],
+        ]
+        .concat(),
+    )?;
+    let result = (|| -> Result<()> {
+        let wasm_pid = i32::try_from(running_pid(&cd, &wasm_id)?)?;
+        let runc_pid = i32::try_from(running_pid(&cd, &runc_id)?)?;
+        let want = format!("0 {HOST_BASE} {SIZE}");
+        for (what, pid) in [("Wasm", wasm_pid), ("runc", runc_pid)] {
+            let maps = id_maps(pid)?;
+            ensure!(
+                maps == (want.clone(), want.clone()),
+                "{what}: maps {maps:?}"
+            );
+            ensure!(
+                node_uid(pid)? == HOST_BASE,
+                "{what}: the container's root is not {HOST_BASE} on the node"
+            );
+            ensure!(
+                ns(pid, "user")?
+                    != fs::read_link("/proc/self/ns/user")?
+                        .to_string_lossy()
+                        .into_owned(),
+                "{what}: in the node's user namespace"
             );
         }
-    };
-    let want = format!("0 {HOST_BASE} {SIZE}");
-    let maps = id_maps(pid)?;
-    ensure!(maps == (want.clone(), want), "ctr --uidmap: maps {maps:?}");
-    ensure!(
-        node_uid(pid)? == HOST_BASE,
-        "root of the container is not {HOST_BASE} on the node"
-    );
-    ensure!(
-        ns(pid, "user")?
-            != fs::read_link("/proc/self/ns/user")?
-                .to_string_lossy()
-                .into_owned(),
-        "the runner is in the node's user namespace"
-    );
-    cd.ctr(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    let _ = ctr.wait();
+        Ok(())
+    })();
+    for id in [&wasm_id, &runc_id] {
+        let _ = cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+    }
+    let _ = wasm.wait();
+    let _ = plain.wait();
+    result?;
     cd.assert_no_leftovers()
 }
 
