@@ -26,6 +26,7 @@
 //! - [`dns`]: a small DNS server on the pod network, for name lookups,
 //! - [`guests`]: building the Wasm guest programs under `e2e/guests`,
 //! - [`images`]: OCI image-layout tars for `ctr images import`,
+//! - [`kube_api`]: a stand-in Kubernetes API server (node labels) on loopback,
 //! - [`http_client`]: one-shot HTTP GETs for the tests,
 //! - [`process`]: running a command with a timeout,
 //! - [`procfs`]: the sandbox fields of a container process's `/proc` status,
@@ -48,6 +49,7 @@ pub mod dns;
 pub mod guests;
 pub mod http_client;
 pub mod images;
+pub mod kube_api;
 pub mod leftovers;
 pub mod process;
 pub mod procfs;

@@ -129,22 +129,55 @@ impl ApiServer {
         label: &str,
         value: Option<&str>,
     ) -> Result<(), KubeError> {
-        let body = serde_json::json!({"metadata": {"labels": {label: value}}});
+        self.patch_labels(node, &[(label, value)]).await
+    }
+
+    /// Sets (`Some`) or removes (`None`) each label on node `node`, in one
+    /// JSON merge patch (so they change together).
+    pub async fn patch_labels(
+        &self,
+        node: &str,
+        labels: &[(&str, Option<&str>)],
+    ) -> Result<(), KubeError> {
+        let map: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| {
+                (
+                    (*k).to_owned(),
+                    v.map_or(serde_json::Value::Null, Into::into),
+                )
+            })
+            .collect();
+        let body = serde_json::json!({"metadata": {"labels": map}});
         let client = self.client()?;
         let url = format!("{}/api/v1/nodes/{node}", self.url);
         let req = client
             .patch(url)
             .header("Content-Type", "application/merge-patch+json")
             .body(body.to_string());
-        let what = match value {
-            Some(v) => format!("label node {node} {label}={v}"),
-            None => format!("remove label {label} from node {node}"),
-        };
+        let what = labels
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("label node {node} {k}={v}"),
+                None => format!("remove label {k} from node {node}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         self.send(what, req).await.map(|_| ())
     }
 
     /// Names of the nodes carrying `label` (any value).
     pub async fn nodes_with_label(&self, label: &str) -> Result<Vec<String>, KubeError> {
+        Ok(self
+            .nodes_labelled(label)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// The nodes carrying `label`, with its value.
+    pub async fn nodes_labelled(&self, label: &str) -> Result<Vec<(String, String)>, KubeError> {
         let client = self.client()?;
         let url = format!("{}/api/v1/nodes", self.url);
         let req = client.get(url).query(&[("labelSelector", label)]);
@@ -161,10 +194,27 @@ impl ApiServer {
             .map(|items| {
                 items
                     .iter()
-                    .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
+                    .filter_map(|n| {
+                        let meta = &n["metadata"];
+                        let name = meta["name"].as_str()?.to_owned();
+                        let value = meta["labels"][label].as_str().unwrap_or("").to_owned();
+                        Some((name, value))
+                    })
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+impl KubeError {
+    /// Whether trying again may succeed: no answer, or an answer that says
+    /// "later" (429, a conflict, a 5xx). A 4xx such as 403 will not change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KubeError::Config(_) => false,
+            KubeError::Transport { .. } => true,
+            KubeError::Status { status, .. } => *status == 429 || *status == 409 || *status >= 500,
+        }
     }
 }
 

@@ -9,7 +9,9 @@
 //! applies the same tables: [`config`] edits a containerd config without
 //! disturbing it, [`node`] knows each distribution's files and services and
 //! undoes exactly what it did, [`cri`] asks containerd whether the handler
-//! answers, [`kube`] labels the node, and [`sys`] holds the one raw syscall.
+//! answers, [`kube`] labels the node, [`restart`] finds and restarts the
+//! containerd that serves the configured socket, and [`sys`] holds the
+//! socket and namespace system calls that takes.
 //! Outside Kubernetes nothing needs registering: containerd finds
 //! `containerd-shim-wasmpod-v1` on its `PATH` for the runtime name
 //! [`RUNTIME_TYPE`].
@@ -20,10 +22,7 @@ pub mod config;
 pub mod cri;
 pub mod kube;
 pub mod node;
-#[allow(
-    unsafe_code,
-    reason = "the installer's one raw syscall (setns before exec), with its SAFETY note"
-)]
+pub mod restart;
 pub mod sys;
 
 /// The containerd runtime type (`runtime_type` in CRI config) of the shim.

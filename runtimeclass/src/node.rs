@@ -262,10 +262,73 @@ pub fn install_binary(
     Ok((got, true))
 }
 
+/// Where a node is between "untouched" and "serving the handler" (and back):
+/// recorded in the state file before each step acts, so that a pod restart,
+/// a SIGTERM or a failed containerd restart resumes at the same step. Its
+/// name is also the value of the node's step label (`wasmpod.io/step`),
+/// whose absence means "not touched, or fully uninstalled".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// The installer started on this node; nothing on disk yet, or only the
+    /// shim binary.
+    #[default]
+    Installing,
+    /// The config now has the handler; the containerd that reads it has not
+    /// been restarted since.
+    RestartPending,
+    /// containerd was restarted (or, with `--restart none`, is to be
+    /// restarted by the operator); waiting for CRI to list the handler.
+    WaitingForCri,
+    /// CRI on the configured socket lists the handler; the node is labelled.
+    Ready,
+    /// The ready label is off; the config is being restored.
+    Uninstalling,
+    /// The config no longer has the handler; the containerd that still
+    /// serves it has not been restarted since. The shim stays until then.
+    UninstallRestartPending,
+}
+
+impl Step {
+    /// The step's name: the state file's and the label's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Installing => "installing",
+            Step::RestartPending => "restart-pending",
+            Step::WaitingForCri => "waiting-for-cri",
+            Step::Ready => "ready",
+            Step::Uninstalling => "uninstalling",
+            Step::UninstallRestartPending => "uninstall-restart-pending",
+        }
+    }
+
+    /// Whether the config on disk is newer than what containerd loaded.
+    pub fn restart_pending(self) -> bool {
+        matches!(self, Step::RestartPending | Step::UninstallRestartPending)
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the installer did to a node, kept on the node so that uninstall
-/// can undo exactly that.
+/// can undo exactly that, and the step it is at.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
+    /// The step reached (older state files have none: `installing`, which
+    /// makes install check everything again).
+    #[serde(default)]
+    pub step: Step,
+    /// The last failure of the current step (a restart, mostly), for
+    /// `status`; cleared when the step completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Failed attempts at the current step (restarts, waits for CRI).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
     /// The config file it edited (host path).
     pub config: PathBuf,
     /// Whether the file did not exist before.
@@ -281,6 +344,10 @@ pub struct State {
     /// The handler's options file (host path), when the installer wrote one.
     #[serde(default)]
     pub options_file: Option<PathBuf>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The state file (host path).

@@ -1,82 +1,47 @@
 //! The node installer (`wasmpod-node`) against the harness's private
-//! containerd, started without the `wasmpod` handler: install registers it
-//! in the real config file, the harness restarts containerd (its restart
-//! hook), a Wasm pod runs through CRI, and uninstall leaves the config
-//! byte-identical and the handler gone. The node label goes to a local HTTP
-//! server standing in for the API server, which checks the exact requests.
+//! containerd, started without the `wasmpod` handler, at a non-default
+//! socket and config path (the temp dir's) and with no systemd: install
+//! registers the handler in the real config file, containerd is restarted
+//! (by the test, standing in for the operator, or by the installer's restart
+//! command), a Wasm pod runs through CRI, and uninstall leaves the config
+//! byte-identical and the handler gone. The node labels go to
+//! [`KubeApi`], a loopback stand-in for the API server that keeps them.
+//!
+//! - the ready label goes on only once CRI lists the handler, also with
+//!   `--restart none`, and comes off before the handler is removed;
+//! - a restart that fails is recorded ("restart-pending") and retried, within
+//!   a run and by the next run; it runs in the namespaces and cgroups of the
+//!   containerd serving the socket, not in the installer's;
+//! - SIGTERM mid-uninstall leaves a state the next run finishes; the
+//!   uninstall waiter retries API errors and is done only once the
+//!   uninstaller has removed the step label, after the restart.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::Command;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use wasmpod_e2e::cri::{container_config, Pod, HANDLER};
-use wasmpod_e2e::process::run_with_timeout;
+use wasmpod_e2e::kube_api::KubeApi;
+use wasmpod_e2e::process::{run_with_timeout, wait_until};
 use wasmpod_e2e::{shim_path, workspace_root, Containerd, ContainerdOptions, Output};
 
 use crate::common::{cri_probe_image, P1};
 
-/// A stand-in API server: answers every request 200 `{}` and sends
-/// "METHOD PATH BODY" for each on the channel.
-fn api_server() -> Result<(String, mpsc::Receiver<String>)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            let Ok(clone) = stream.try_clone() else {
-                continue;
-            };
-            let mut reader = BufReader::new(clone);
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut len = 0usize;
-            let mut auth = String::new();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                    if k.eq_ignore_ascii_case("authorization") {
-                        auth = v.trim().to_owned();
-                    }
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            let mut stream = stream;
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
-            );
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            let _ = tx.send(format!(
-                "{} {} {} {}",
-                parts.first().unwrap_or(&""),
-                parts.get(1).unwrap_or(&""),
-                auth,
-                String::from_utf8_lossy(&body)
-            ));
-        }
-    });
-    Ok((url, rx))
-}
+const NODE: &str = "e2e-node";
+const READY: &str = "wasmpod.io/ready";
+const STEP: &str = "wasmpod.io/step";
 
-fn wasmpod_node(args: &[&str]) -> Result<Output> {
+fn installer_bin() -> Result<PathBuf> {
     let bin = workspace_root().join("target/release/wasmpod-node");
     ensure!(bin.is_file(), "{} not built (make build)", bin.display());
-    let mut cmd = Command::new(bin);
+    Ok(bin)
+}
+
+fn wasmpod_node(args: &[String]) -> Result<Output> {
+    let mut cmd = Command::new(installer_bin()?);
     cmd.args(args).env_remove("NODE_NAME");
-    run_with_timeout(&mut cmd, None, Duration::from_secs(120))
+    run_with_timeout(&mut cmd, None, Duration::from_secs(180))
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -84,15 +49,197 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(sha2::Sha256::digest(std::fs::read(path)?)))
 }
 
+/// A `wasmpod-node` run in the background, output to files; killed (by its
+/// pid) if the test ends first.
+struct Bg {
+    child: Option<Child>,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Bg {
+    fn spawn(mut cmd: Command, dir: &Path, name: &str) -> Result<Bg> {
+        let out = dir.join(format!("{name}.out"));
+        let err = dir.join(format!("{name}.err"));
+        cmd.env_remove("NODE_NAME")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(&err)?);
+        let child = cmd.spawn().with_context(|| format!("spawn {name}"))?;
+        Ok(Bg {
+            child: Some(child),
+            out,
+            err,
+        })
+    }
+
+    fn node(args: &[String], dir: &Path, name: &str) -> Result<Bg> {
+        let mut cmd = Command::new(installer_bin()?);
+        cmd.args(args);
+        Bg::spawn(cmd, dir, name)
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        let child = self.child.as_ref().context("already waited for")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, sig).context("signal the installer")
+    }
+
+    fn output(&self) -> (String, String) {
+        (
+            std::fs::read_to_string(&self.out).unwrap_or_default(),
+            std::fs::read_to_string(&self.err).unwrap_or_default(),
+        )
+    }
+
+    /// Waits for the exit: (success, stdout, stderr).
+    fn wait(&mut self, timeout: Duration) -> Result<(bool, String, String)> {
+        let mut child = self.child.take().context("already waited for")?;
+        let Some(st) = wait_until(&mut child, timeout)? else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let (o, e) = self.output();
+            bail!("wasmpod-node still running after {timeout:?}\nstdout:\n{o}\nstderr:\n{e}");
+        };
+        let (o, e) = self.output();
+        Ok((st.success(), o, e))
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The node, as the installer's arguments name it: the harness's config
+/// and socket, a bin dir and a state file in the temp dir.
+struct Node {
+    dir: PathBuf,
+    config: PathBuf,
+    socket: PathBuf,
+    bin_dir: PathBuf,
+    state: PathBuf,
+    token: PathBuf,
+    api: KubeApi,
+}
+
+impl Node {
+    fn new(cd: &Containerd) -> Result<Node> {
+        let dir = cd.tempdir().to_path_buf();
+        let token = dir.join("token");
+        std::fs::write(&token, "e2e-token\n")?;
+        Ok(Node {
+            config: cd.config_path(),
+            socket: cd.socket(),
+            bin_dir: dir.join("node-bin"),
+            state: dir.join("node-state.json"),
+            token,
+            api: KubeApi::start(&[NODE])?,
+            dir,
+        })
+    }
+
+    fn args(&self, verb: &str, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = vec![verb.into()];
+        let mut push = |k: &str, p: &Path| {
+            v.push(k.into());
+            v.push(p.to_string_lossy().into_owned());
+        };
+        push("--distro", Path::new("containerd"));
+        push("--config", &self.config);
+        push("--socket", &self.socket);
+        push("--bin-dir", &self.bin_dir);
+        push("--state-file", &self.state);
+        if verb != "status" {
+            push("--node-name", Path::new(NODE));
+            push("--api-server", Path::new(self.api.url()));
+            push("--token-file", &self.token);
+        }
+        v.extend(extra.iter().map(|s| (*s).to_owned()));
+        v
+    }
+
+    fn install_args(&self, extra: &[&str]) -> Result<Vec<String>> {
+        let shim = shim_path()?;
+        let mut v = self.args("install", extra);
+        v.extend([
+            "--shim".into(),
+            shim.to_string_lossy().into_owned(),
+            "--shim-sha256".into(),
+            sha256_file(&shim)?,
+        ]);
+        Ok(v)
+    }
+
+    fn shim(&self) -> PathBuf {
+        self.bin_dir.join(wasmpod_e2e::SHIM_BINARY)
+    }
+
+    /// The step in the state file, if any.
+    fn step(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.state).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["step"].as_str().map(str::to_owned)
+    }
+
+    fn failures(&self) -> u64 {
+        std::fs::read_to_string(&self.state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["failures"].as_u64())
+            .unwrap_or(0)
+    }
+
+    fn wait_step(&self, step: &str, min_failures: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.step().as_deref() != Some(step) || self.failures() < min_failures {
+            ensure!(
+                Instant::now() < deadline,
+                "state step {:?} ({} failures) after {timeout:?}, expected {step}",
+                self.step(),
+                self.failures()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn label(&self, key: &str) -> Option<String> {
+        self.api.labels(NODE).get(key).cloned()
+    }
+}
+
+/// Whether CRI on the harness's socket lists the handler now.
+fn handler_listed(cd: &Containerd) -> Result<bool> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(wasmpod_runtimeclass::cri::has_handler(
+        &cd.socket(),
+        HANDLER,
+    ))
+    .map_err(anyhow::Error::msg)
+}
+
 #[test]
-fn node_installer_registers_the_handler_and_uninstall_restores_the_config() -> Result<()> {
+fn installer_labels_the_node_only_once_cri_lists_the_handler_and_uninstall_restores_the_config(
+) -> Result<()> {
     let mut cd = Containerd::start(ContainerdOptions {
         cri: true,
         cri_handler: false,
         ..Default::default()
     })?;
-    let config = cd.config_path();
-    let before = std::fs::read(&config)?;
+    let before = std::fs::read(cd.config_path())?;
     let cri = cd.cri()?;
     let probe = cri_probe_image(&cd, P1)?;
     // Without the handler, CRI refuses wasmpod pods.
@@ -103,72 +250,41 @@ fn node_installer_registers_the_handler_and_uninstall_restores_the_config() -> R
         format!("{err:#}").contains(HANDLER),
         "RunPodSandbox error: {err:#}"
     );
+    let node = Node::new(&cd)?;
+    let config = node.config.clone();
 
-    let dir = cd.tempdir().to_path_buf();
-    let bin_dir = dir.join("node-bin");
-    let shim = shim_path()?;
-    let token = dir.join("token");
-    std::fs::write(&token, "e2e-token\n")?;
-    let (api, requests) = api_server()?;
-    let socket = cd.socket();
-    let common = |verb: &'static str| -> Vec<String> {
-        vec![
-            verb.to_owned(),
-            "--distro".into(),
-            "containerd".into(),
-            "--config".into(),
-            config.to_string_lossy().into_owned(),
-            "--socket".into(),
-            socket.to_string_lossy().into_owned(),
-            "--bin-dir".into(),
-            bin_dir.to_string_lossy().into_owned(),
-            "--state-file".into(),
-            dir.join("node-state.json").to_string_lossy().into_owned(),
-        ]
-    };
-    let api_args = [
-        "--restart",
-        "none",
-        "--node-name",
-        "e2e-node",
-        "--api-server",
-        &api,
-        "--token-file",
-        &token.to_string_lossy(),
-    ]
-    .map(str::to_owned);
-    let mut install: Vec<String> = common("install");
-    install.extend(api_args.iter().cloned());
-    install.extend(["--shim".into(), shim.to_string_lossy().into_owned()]);
-    install.extend(["--shim-sha256".into(), sha256_file(&shim)?]);
-    let install: Vec<&str> = install.iter().map(String::as_str).collect();
-
-    // A wrong checksum is refused before anything changes.
-    let mut bad = install.clone();
+    // A wrong checksum is refused before anything on the node changes.
+    let mut bad = node.install_args(&["--restart", "none"])?;
     let last = bad.len() - 1;
-    let zeros = "0".repeat(64);
-    bad[last] = &zeros;
+    bad[last] = "0".repeat(64);
     let out = wasmpod_node(&bad)?;
     ensure!(
         !out.success() && out.stderr.contains("expected 0000"),
         "bad checksum: {out:?}"
     );
     ensure!(
-        std::fs::read(&config)? == before,
-        "a refused install changed the config"
+        std::fs::read(&config)? == before && !node.shim().exists(),
+        "a refused install changed the node"
     );
 
-    let out = wasmpod_node(&install)?;
-    ensure!(out.success(), "install: {out:?}");
+    // `--restart none`: the config is edited, then the installer waits for
+    // the operator's restart; the node is not ready until CRI lists the
+    // handler.
+    let install = node.install_args(&["--restart", "none", "--wait"])?;
+    let mut installer = Bg::node(&install, &node.dir, "install")?;
+    node.wait_step("waiting-for-cri", 0, Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(
+        node.label(READY).is_none() && node.label(STEP).as_deref() == Some("waiting-for-cri"),
+        "labels before containerd loaded the handler: {:?}",
+        node.api.labels(NODE)
+    );
     let installed = std::fs::read_to_string(&config)?;
     // on containerd 2.x: runc's runtime type, the shim by path
     let v3 = wasmpod_e2e::containerd::major_version(&cd.options().containerd_bin)? >= 2;
     let registered = if v3 {
         installed.contains("runtime_type = \"io.containerd.runc.v2\"")
-            && installed.contains(&format!(
-                "runtime_path = \"{}\"",
-                bin_dir.join(wasmpod_e2e::SHIM_BINARY).display()
-            ))
+            && installed.contains(&format!("runtime_path = \"{}\"", node.shim().display()))
     } else {
         installed.contains("io.containerd.wasmpod.v1")
     };
@@ -177,7 +293,7 @@ fn node_installer_registers_the_handler_and_uninstall_restores_the_config() -> R
         "install did not append the handler:\n{installed}"
     );
     ensure!(
-        sha256_file(&bin_dir.join(wasmpod_e2e::SHIM_BINARY))? == sha256_file(&shim)?,
+        sha256_file(&node.shim())? == sha256_file(&shim_path()?)?,
         "the shim copy differs"
     );
     // the handler's options reach the shim on containerd 1.6 only as a
@@ -198,14 +314,50 @@ fn node_installer_registers_the_handler_and_uninstall_restores_the_config() -> R
             options.display()
         );
     }
-    let patch = requests.recv_timeout(Duration::from_secs(10))?;
+    let out = wasmpod_node(&node.args("status", &[]))?;
     ensure!(
-        patch
-            == r#"PATCH /api/v1/nodes/e2e-node Bearer e2e-token {"metadata":{"labels":{"wasmpod.io/ready":"true"}}}"#,
-        "label request: {patch}"
+        !out.success()
+            && out.stdout.contains("step waiting-for-cri")
+            && out.stdout.contains("does not list"),
+        "status before restart: {out:?}"
     );
-    // Idempotent: a second install changes nothing.
-    let out = wasmpod_node(&install)?;
+
+    let restarted = Instant::now();
+    cd.restart()?;
+    node.api
+        .wait_label(NODE, READY, Some("true"), Duration::from_secs(60))?;
+    let requests = node.api.requests();
+    let ready = requests
+        .iter()
+        .find(|r| r.method == "PATCH" && r.body.contains(r#""wasmpod.io/ready":"true""#))
+        .context("no ready PATCH")?;
+    ensure!(
+        ready.at > restarted
+            && ready.auth == "Bearer e2e-token"
+            && ready.path == format!("/api/v1/nodes/{NODE}")
+            && node.label(STEP).as_deref() == Some("ready"),
+        "ready label {ready:?} (containerd restarted {:?} after the test began waiting)",
+        restarted.elapsed()
+    );
+    let cri = cd.cri()?;
+    let out = wasmpod_node(&node.args("status", &[]))?;
+    ensure!(
+        out.success()
+            && out.stdout.contains("step ready")
+            && out.stdout.contains("lists the wasmpod handler"),
+        "status after restart: {out:?}"
+    );
+    // SIGTERM to a ready installer (a DaemonSet pod going away) leaves the
+    // node installed.
+    installer.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let (ok, stdout, stderr) = installer.wait(Duration::from_secs(10))?;
+    ensure!(ok, "installer after SIGTERM:\n{stdout}\n{stderr}");
+    ensure!(
+        std::fs::read_to_string(&config)? == installed && node.label(READY).is_some(),
+        "SIGTERM to the installer changed the node"
+    );
+    // Idempotent: a second install changes nothing and needs no restart.
+    let out = wasmpod_node(&node.install_args(&["--restart", "none"])?)?;
     ensure!(
         out.success() && out.stdout.contains("already registered"),
         "second install: {out:?}"
@@ -213,24 +365,6 @@ fn node_installer_registers_the_handler_and_uninstall_restores_the_config() -> R
     ensure!(
         std::fs::read_to_string(&config)? == installed,
         "second install changed the config"
-    );
-    let _ = requests.recv_timeout(Duration::from_secs(10))?;
-
-    // Not ready until containerd has loaded the new config.
-    let status: Vec<String> = common("status");
-    let status: Vec<&str> = status.iter().map(String::as_str).collect();
-    let out = wasmpod_node(&status)?;
-    ensure!(
-        !out.success() && out.stdout.contains("does not list"),
-        "status before restart: {out:?}"
-    );
-    cd.restart()?;
-    // A new connection: the old one ended with the old containerd.
-    let cri = cd.cri()?;
-    let out = wasmpod_node(&status)?;
-    ensure!(
-        out.success() && out.stdout.contains("lists the wasmpod handler"),
-        "status after restart: {out:?}"
     );
 
     let mut pod = Pod::run(&cd, &cri, Pod::config(&cd, "installed"), HANDLER)?;
@@ -240,32 +374,52 @@ fn node_installer_registers_the_handler_and_uninstall_restores_the_config() -> R
     ensure!(st.exit_code == 0, "Wasm container after install: {st:?}");
     pod.remove()?;
 
-    let mut uninstall: Vec<String> = common("uninstall");
-    uninstall.extend(api_args.iter().cloned());
-    let uninstall: Vec<&str> = uninstall.iter().map(String::as_str).collect();
-    let out = wasmpod_node(&uninstall)?;
-    ensure!(out.success(), "uninstall: {out:?}");
+    // Uninstall with `--restart none`: the ready label goes first, the
+    // config is restored, and the shim stays until containerd, restarted by
+    // the operator, no longer serves the handler.
+    let mark = node.api.requests().len();
+    let mut uninstaller = Bg::node(
+        &node.args("uninstall", &["--restart", "none", "--wait"]),
+        &node.dir,
+        "uninstall",
+    )?;
+    node.wait_step("uninstall-restart-pending", 0, Duration::from_secs(60))?;
+    let first = node
+        .api
+        .requests()
+        .get(mark)
+        .cloned()
+        .context("no uninstall request")?;
+    ensure!(
+        first.method == "PATCH" && first.body.contains(r#""wasmpod.io/ready":null"#),
+        "the uninstaller's first request does not remove the ready label: {first:?}"
+    );
     ensure!(
         std::fs::read(&config)? == before,
         "uninstall did not restore the config byte for byte"
     );
+    std::thread::sleep(Duration::from_secs(1));
     ensure!(
-        !bin_dir.join(wasmpod_e2e::SHIM_BINARY).exists(),
-        "the shim copy is still there"
+        node.shim().exists() && handler_listed(&cd)?,
+        "the shim went while containerd still served the handler"
+    );
+    cd.restart()?;
+    node.api
+        .wait_label(NODE, STEP, None, Duration::from_secs(60))?;
+    ensure!(uninstaller.running(), "uninstall --wait exited");
+    uninstaller.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let (ok, stdout, stderr) = uninstaller.wait(Duration::from_secs(10))?;
+    ensure!(ok, "uninstall:\n{stdout}\n{stderr}");
+    ensure!(
+        !node.shim().exists() && node.label(READY).is_none(),
+        "the shim copy or the ready label is still there"
     );
     ensure!(
-        !dir.join("node-state.json").exists()
+        !node.state.exists()
             && !Path::new(&format!("{}.wasmpod-backup", config.display())).exists()
             && !options.exists(),
         "uninstall left its state file, the config backup or the options file"
     );
-    let unpatch = requests.recv_timeout(Duration::from_secs(10))?;
-    ensure!(
-        unpatch
-            == r#"PATCH /api/v1/nodes/e2e-node Bearer e2e-token {"metadata":{"labels":{"wasmpod.io/ready":null}}}"#,
-        "unlabel request: {unpatch}"
-    );
-    cd.restart()?;
     let cri = cd.cri()?;
     let err = Pod::run(&cd, &cri, Pod::config(&cd, "after-uninstall"), HANDLER)
         .err()
@@ -274,6 +428,306 @@ fn node_installer_registers_the_handler_and_uninstall_restores_the_config() -> R
         format!("{err:#}").contains(HANDLER),
         "RunPodSandbox error: {err:#}"
     );
+    cd.assert_no_leftovers()
+}
+
+/// A cgroup of the installer's own, so that the restart command's joining
+/// containerd's cgroups shows: the memory hierarchy on v1 (the installer
+/// pod's memory limit lives there), the v2 root's child otherwise.
+struct InstallerCgroup(PathBuf);
+
+impl InstallerCgroup {
+    fn new() -> Result<InstallerCgroup> {
+        let root = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|d| d.join("cgroup.procs").exists())
+            .context("no cgroup hierarchy")?;
+        let dir = root.join(format!("wasmpod-e2e-installer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(InstallerCgroup(dir))
+    }
+}
+
+impl Drop for InstallerCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// `wasmpod-node ARGS` in mount, UTS and IPC namespaces of its own (a tmpfs
+/// over `probe`, hostname `e2e-installer`) and in `cgroup`, as in a pod.
+fn elsewhere(args: &[String], node: &Node, cgroup: &InstallerCgroup, name: &str) -> Result<Bg> {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--uts",
+        "--ipc",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+    ])
+    .arg(
+        r#"d=$1; cg=$2; shift 2
+               mount -t tmpfs e2e-installer "$d/probe" && hostname e2e-installer &&
+               readlink /proc/self/ns/uts > "$d/installer-uts" &&
+               echo $$ > "$cg/cgroup.procs" && exec "$@""#,
+    )
+    .arg("sh")
+    .arg(&node.dir)
+    .arg(&cgroup.0)
+    .arg(installer_bin()?)
+    .args(args);
+    Bg::spawn(cmd, &node.dir, name)
+}
+
+/// The restart command of these tests: refuses once when `fail-next`
+/// exists; otherwise records its namespaces and cgroups, writes to `probe`
+/// (a tmpfs only in the installer's mount namespace), and asks the test to
+/// restart the harness's containerd (`restart-request`, `restart-done`).
+fn restart_script(dir: &Path) -> Result<String> {
+    std::fs::create_dir_all(dir.join("probe"))?;
+    let script = dir.join("restart.sh");
+    std::fs::write(
+        &script,
+        r#"#!/bin/sh
+d=$(dirname "$0")
+n=$(cat "$d/restart-count" 2>/dev/null || echo 0); echo $((n + 1)) > "$d/restart-count"
+if [ -e "$d/fail-next" ]; then rm -f "$d/fail-next"; echo "restart refused by the test" >&2; exit 3; fi
+for ns in mnt uts ipc net cgroup; do echo "$ns $(readlink /proc/self/ns/$ns)"; done > "$d/restart-ns"
+cat /proc/self/cgroup > "$d/restart-cgroup"
+touch "$d/probe/seen"
+: > "$d/restart-request"
+i=0
+while [ ! -e "$d/restart-done" ]; do sleep 0.1; i=$((i + 1)); [ $i -lt 900 ] || exit 9; done
+rm -f "$d/restart-done"
+"#,
+    )?;
+    Ok(format!("/bin/sh {}", script.display()))
+}
+
+/// Serves the restart script's requests until `bg` exits: records the
+/// serving containerd's namespaces and cgroups, restarts it.
+fn serve_restarts(
+    cd: &mut Containerd,
+    dir: &Path,
+    bg: &mut Bg,
+    timeout: Duration,
+) -> Result<Vec<(String, String)>> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while bg.running() {
+        ensure!(
+            Instant::now() < deadline,
+            "installer still running after {timeout:?}: {:?}",
+            bg.output()
+        );
+        if std::fs::remove_file(dir.join("restart-request")).is_ok() {
+            let pid = cd.pid().context("containerd not running")?;
+            let ns = ["mnt", "uts", "ipc", "net", "cgroup"]
+                .iter()
+                .map(|n| {
+                    Ok(format!(
+                        "{n} {}",
+                        std::fs::read_link(format!("/proc/{pid}/ns/{n}"))?.display()
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?
+                .join("\n");
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+            seen.push((format!("{ns}\n"), cgroup));
+            cd.restart()?;
+            std::fs::write(dir.join("restart-done"), "")?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(seen)
+}
+
+#[test]
+fn installer_restarts_containerd_in_its_namespaces_and_resumes_after_failures_and_sigterm(
+) -> Result<()> {
+    let mut cd = Containerd::start(ContainerdOptions {
+        cri: true,
+        cri_handler: false,
+        ..Default::default()
+    })?;
+    let before = std::fs::read(cd.config_path())?;
+    let node = Node::new(&cd)?;
+    let dir = node.dir.clone();
+    let cgroup = InstallerCgroup::new()?;
+    let script = restart_script(&dir)?;
+
+    // 1. The restart fails and this run gives up: the state says
+    //    restart-pending, the node is not labelled ready.
+    std::fs::write(dir.join("fail-next"), "")?;
+    let args = node.install_args(&["--restart-command", &script, "--attempts", "1"])?;
+    let (ok, stdout, stderr) =
+        elsewhere(&args, &node, &cgroup, "install-1")?.wait(Duration::from_secs(60))?;
+    ensure!(
+        !ok && (stderr.contains("restart refused by the test")
+            || stdout.contains("restart refused by the test")),
+        "first install:\n{stdout}\n{stderr}"
+    );
+    ensure!(
+        stderr.contains("stays at step restart-pending")
+            && node.step().as_deref() == Some("restart-pending"),
+        "first install did not record the pending restart:\n{stdout}\n{stderr}"
+    );
+    ensure!(
+        node.label(READY).is_none() && node.label(STEP).as_deref() == Some("restart-pending"),
+        "labels after a failed restart: {:?}",
+        node.api.labels(NODE)
+    );
+    let out = wasmpod_node(&node.args("status", &[]))?;
+    ensure!(
+        !out.success()
+            && out.stdout.contains("step restart-pending")
+            && out.stdout.contains("last failure"),
+        "status after a failed restart: {out:?}"
+    );
+
+    // 2. The next run finds the config already registered, restarts anyway
+    //    (the state says so), fails once more (the second failure at that
+    //    step, counted across runs), retries, and succeeds; the
+    //    restart runs in containerd's namespaces and cgroups.
+    std::fs::write(dir.join("fail-next"), "")?;
+    let args = node.install_args(&["--restart-command", &script, "--attempts", "3"])?;
+    let mut bg = elsewhere(&args, &node, &cgroup, "install-2")?;
+    let pid = cd.pid().context("containerd pid")?;
+    let seen = serve_restarts(&mut cd, &dir, &mut bg, Duration::from_secs(120))?;
+    let (ok, stdout, stderr) = bg.wait(Duration::from_secs(5))?;
+    ensure!(ok, "second install:\n{stdout}\n{stderr}");
+    ensure!(
+        stdout.contains("already registered")
+            && stdout.contains("(failure 2 at step restart-pending)")
+            && stdout.contains(&format!(
+                "containerd pid {pid} (serving {})",
+                node.socket.display()
+            )),
+        "second install:\n{stdout}"
+    );
+    ensure!(
+        std::fs::read_to_string(dir.join("restart-count"))?.trim() == "3" && seen.len() == 1,
+        "restart attempts: {:?}, restarts served {}",
+        std::fs::read_to_string(dir.join("restart-count")),
+        seen.len()
+    );
+    let (ns, cgroups) = &seen[0];
+    let ran_ns = std::fs::read_to_string(dir.join("restart-ns"))?;
+    let ran_cgroups = std::fs::read_to_string(dir.join("restart-cgroup"))?;
+    let installer_uts = std::fs::read_to_string(dir.join("installer-uts"))?;
+    ensure!(
+        !ns.contains(installer_uts.trim()),
+        "the installer was not in a UTS namespace of its own: {installer_uts} / {ns}"
+    );
+    ensure!(
+        ran_ns == *ns && ran_cgroups == *cgroups && dir.join("probe/seen").exists(),
+        "the restart command did not run in containerd's namespaces and cgroups:\nran in:\n{ran_ns}{ran_cgroups}\ncontainerd:\n{ns}{cgroups}"
+    );
+    ensure!(
+        node.label(READY).as_deref() == Some("true")
+            && node.label(STEP).as_deref() == Some("ready")
+            && handler_listed(&cd)?,
+        "after the install: labels {:?}",
+        node.api.labels(NODE)
+    );
+
+    // 3. SIGTERM while the uninstall's restart keeps failing: the run stops
+    //    at the recorded step; the shim stays, since containerd still
+    //    serves the handler.
+    let args = node.args("uninstall", &["--restart-command", "exit 4", "--wait"]);
+    let mut bg = elsewhere(&args, &node, &cgroup, "uninstall-1")?;
+    node.wait_step("uninstall-restart-pending", 1, Duration::from_secs(60))?;
+    bg.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let (ok, stdout, stderr) = bg.wait(Duration::from_secs(10))?;
+    ensure!(
+        !ok && stderr.contains("terminated at step uninstall-restart-pending"),
+        "uninstall after SIGTERM:\n{stdout}\n{stderr}"
+    );
+    ensure!(
+        node.shim().exists()
+            && node.step().as_deref() == Some("uninstall-restart-pending")
+            && handler_listed(&cd)?
+            && node.label(READY).is_none()
+            && node.label(STEP).as_deref() == Some("uninstall-restart-pending"),
+        "after SIGTERM: shim {}, step {:?}, labels {:?}",
+        node.shim().exists(),
+        node.step(),
+        node.api.labels(NODE)
+    );
+
+    // 4. The uninstall waiter sees the node, retries two failed API calls,
+    //    and finishes only after the next uninstall run has restarted
+    //    containerd and removed the step label.
+    let waiter_args: Vec<String> = [
+        "wait-unlabeled",
+        "--timeout",
+        "120",
+        "--api-server",
+        node.api.url(),
+        "--token-file",
+        &node.token.to_string_lossy(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut waiter = Bg::node(&waiter_args, &dir, "waiter")?;
+    let gets = |api: &KubeApi| api.requests().iter().filter(|r| r.method == "GET").count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gets(&node.api) == 0 {
+        ensure!(Instant::now() < deadline, "the waiter asked nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let base = gets(&node.api);
+    node.api.fail_next(2, 500);
+    while gets(&node.api) < base + 3 {
+        ensure!(
+            Instant::now() < deadline,
+            "the waiter stopped asking after an API error: {:?}",
+            waiter.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(
+        waiter.running(),
+        "the waiter gave up: {:?}",
+        waiter.output()
+    );
+    let args = node.args("uninstall", &["--restart-command", &script]);
+    let mut bg = elsewhere(&args, &node, &cgroup, "uninstall-2")?;
+    serve_restarts(&mut cd, &dir, &mut bg, Duration::from_secs(120))?;
+    let (ok, stdout, stderr) = bg.wait(Duration::from_secs(5))?;
+    ensure!(ok, "second uninstall:\n{stdout}\n{stderr}");
+    let (ok, wout, werr) = waiter.wait(Duration::from_secs(30))?;
+    ensure!(
+        ok && wout.contains("(retrying)") && wout.contains("every node is uninstalled"),
+        "waiter:\n{wout}\n{werr}"
+    );
+    let requests = node.api.requests();
+    let done = requests
+        .iter()
+        .rposition(|r| r.method == "PATCH" && r.body.contains(r#""wasmpod.io/step":null"#))
+        .context("no step label removal")?;
+    ensure!(
+        requests[done + 1..]
+            .iter()
+            .any(|r| r.method == "GET" && r.status == 200),
+        "the waiter finished before the uninstaller removed the step label"
+    );
+    ensure!(
+        std::fs::read(cd.config_path())? == before
+            && !node.shim().exists()
+            && !node.state.exists()
+            && !handler_listed(&cd)?
+            && node.api.labels(NODE).is_empty(),
+        "after uninstall: shim {}, state {}, labels {:?}",
+        node.shim().exists(),
+        node.state.exists(),
+        node.api.labels(NODE)
+    );
+    drop(cgroup);
     cd.assert_no_leftovers()
 }
 
@@ -320,9 +774,19 @@ fn installer_image_runs_under_runc_and_installs_from_its_own_files() -> Result<(
         "none",
         "--config-version",
         "2",
+        "--handler-timeout",
+        "1",
+        "--attempts",
+        "1",
     ])?;
+    // no containerd in there: the install stops before labelling, at the
+    // step it recorded
     ensure!(
-        out.success()
+        !out.success()
+            && out
+                .stderr
+                .contains("does not list the wasmpod handler after 1 s")
+            && out.stderr.contains("stays at step waiting-for-cri")
             && out.stdout.contains("installed (sha256 ")
             && out
                 .stdout
