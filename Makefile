@@ -25,7 +25,7 @@ test:
 	$(CARGO) test $(CARGO_FLAGS) --workspace --exclude wasmpod-e2e -- $(if $(filter 0,$(shell id -u)),--include-ignored)
 
 ## chart: Helm's real lint of charts/wasmpod, and its rendered manifests validated (Python, helm-sdkpy)
-chart:
+chart: build
 	bash charts/test/run
 
 ## image: the node installer image (wasmpod-node + the shim) as an importable OCI tar

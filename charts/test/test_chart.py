@@ -66,6 +66,7 @@ from fakekube import FakeKube  # noqa: E402
 RELEASE = "wasmpod"
 NAMESPACE = "wasmpod-system"
 READY_LABEL = "wasmpod.io/ready"
+STEP_LABEL = "wasmpod.io/step"
 SCHEMA_VERSIONS = ["1.25.0", "1.30.0", kubernetes_validate.latest_version()]
 
 EXPECTED_API = {
@@ -81,15 +82,27 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 # The installer's command line (runtimeclass/src/bin/wasmpod-node.rs).
-def target_args(bin_dir="/usr/local/bin", distro="auto", config=""):
+def target_args(bin_dir="/usr/local/bin", distro="auto", config="", socket=""):
     args = ["--host-root", "/host", "--bin-dir", bin_dir, "--distro", distro]
-    return args + (["--config", config] if config else [])
+    return args + (["--config", config] if config else []) + (["--socket", socket] if socket else [])
 
 
-def node_args(verb: str, bin_dir="/usr/local/bin", distro="auto", config="", restart="auto"):
-    return [verb, *target_args(bin_dir, distro, config)] + [
-        "--restart", restart, "--node-name", "$(NODE_NAME)", "--label", READY_LABEL, "--wait"
-    ]
+def node_args(
+    verb: str,
+    bin_dir="/usr/local/bin",
+    distro="auto",
+    config="",
+    restart="auto",
+    socket="",
+    restart_command="",
+    handler_timeout=120,
+):
+    return (
+        [verb, *target_args(bin_dir, distro, config, socket), "--restart", restart]
+        + (["--restart-command", restart_command] if restart_command else [])
+        + ["--handler-timeout", str(handler_timeout)]
+        + ["--node-name", "$(NODE_NAME)", "--label", READY_LABEL, "--step-label", STEP_LABEL, "--wait"]
+    )
 
 
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -312,12 +325,21 @@ def check_node_pod(t, r: Rendered, ds: dict, verb: str, container_name: str) -> 
     spec = ds["spec"]["template"]["spec"]
     name = ds["metadata"]["name"]
     t.assertIs(spec.get("hostPID"), True, f"{name}: hostPID")
-    t.assertEqual(spec.get("terminationGracePeriodSeconds"), 30)
+    t.assertEqual(spec.get("terminationGracePeriodSeconds"), v["terminationGracePeriodSeconds"])
     t.assertEqual(c.get("securityContext"), {"privileged": True}, f"{name}: privileged")
     node = v["node"]
     t.assertEqual(
         c["args"],
-        node_args(verb, node["binDir"], node["distro"], node["containerdConfig"], node["restart"]),
+        node_args(
+            verb,
+            node["binDir"],
+            node["distro"],
+            node["containerdConfig"],
+            node["restart"],
+            node["socket"],
+            node["restartCommand"],
+            node["handlerTimeout"],
+        ),
         f"{name}: arguments",
     )
     t.assertIn(
@@ -344,7 +366,12 @@ def check_installer(t, r: Rendered) -> None:
     # status must look where install put things
     t.assertEqual(
         c["readinessProbe"]["exec"]["command"],
-        ["/wasmpod-node", "status", *target_args(node["binDir"], node["distro"], node["containerdConfig"]), "--quiet"],
+        [
+            "/wasmpod-node",
+            "status",
+            *target_args(node["binDir"], node["distro"], node["containerdConfig"], node["socket"]),
+            "--quiet",
+        ],
     )
 
 
@@ -436,11 +463,17 @@ def check_hooks(t, r: Rendered) -> None:
         ds["spec"]["selector"], inst["spec"]["selector"], "the two DaemonSets must not share a selector"
     )
     job = r.one("Job", wait)
-    t.assertEqual(job["spec"]["backoffLimit"], 0)
-    t.assertEqual(job["spec"]["activeDeadlineSeconds"], 600)
+    # a failed pod (evicted, an API server restart) is retried; the wait
+    # itself retries failed API calls
+    t.assertEqual(job["spec"]["backoffLimit"], 2)
+    timeout = v["uninstall"]["timeout"]
+    t.assertEqual(job["spec"]["activeDeadlineSeconds"], timeout + 120)
     t.assertEqual(job["spec"]["template"]["spec"]["restartPolicy"], "Never")
     c = check_pod_spec_common(t, r, job, "wait-unlabeled", wait)
-    t.assertEqual(c["args"], ["wait-unlabeled", "--label", READY_LABEL, "--timeout", "300"])
+    t.assertEqual(
+        c["args"],
+        ["wait-unlabeled", "--label", READY_LABEL, "--step-label", STEP_LABEL, "--timeout", str(timeout)],
+    )
     t.assertNotIn("securityContext", c, "the waiter needs no privileges")
 
 
@@ -484,6 +517,7 @@ CUSTOM = {  # the brief's non-default set, and more
         "restart": "none",
     },
     "nodeSelector": {"kubernetes.io/os": "linux", "node-role.example.com/wasm": "true"},
+    "terminationGracePeriodSeconds": 300,
     "tolerations": [{"key": "wasm", "operator": "Equal", "value": "only", "effect": "NoSchedule"}],
     "priorityClassName": "system-node-critical",
     "resources": {"requests": {"cpu": "20m", "memory": "48Mi"}, "limits": {"cpu": 1, "memory": "256Mi"}},
@@ -592,6 +626,31 @@ class Render(unittest.TestCase):
         self.assertEqual(c["args"][c["args"].index("--restart") + 1], "none")
         self.assertIn("runtimeClass.create is false", r.notes)
 
+    def test_custom_containerd_without_systemd(self):
+        # the operator's case: containerd at its own socket and config, no
+        # systemd; the command restarts it (see charts/README.md)
+        command = "kill $(cat /run/containerd-edge.pid); setsid containerd --config /etc/containerd-edge/config.toml >>/var/log/containerd-edge.log 2>&1 &"
+        values = {
+            "node": {
+                "containerdConfig": "/etc/containerd-edge/config.toml",
+                "socket": "/run/containerd-edge/containerd.sock",
+                "restartCommand": command,
+                "handlerTimeout": 300,
+            },
+            "uninstall": {"timeout": 900},
+        }
+        r = render(values)
+        check_all(self, r)
+        for name in ("wasmpod-node", "wasmpod-uninstall"):
+            args = r.one("DaemonSet", name)["spec"]["template"]["spec"]["containers"][0]["args"]
+            self.assertEqual(args[args.index("--socket") + 1], "/run/containerd-edge/containerd.sock")
+            self.assertEqual(args[args.index("--restart-command") + 1], command)
+            self.assertEqual(args[args.index("--handler-timeout") + 1], "300")
+        probe = r.one("DaemonSet", "wasmpod-node")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+        self.assertIn("/run/containerd-edge/containerd.sock", probe["exec"]["command"])
+        job = r.one("Job", "wasmpod-uninstall-wait")
+        self.assertEqual(job["spec"]["activeDeadlineSeconds"], 1020)
+
     def test_runtimeclass_overhead_and_hooks_on_custom_nodes(self):
         r = render(CUSTOM_RC)
         check_all(self, r)
@@ -621,6 +680,11 @@ class Render(unittest.TestCase):
             ({"node": {"restart": "sometimes"}}, "restart"),
             ({"node": {"binDir": "usr/local/bin"}}, "binDir"),
             ({"node": {"containerdConfig": "config.toml"}}, "containerdConfig"),
+            ({"node": {"socket": "run/containerd/containerd.sock"}}, "socket"),
+            ({"node": {"restartCommand": ["systemctl", "restart"]}}, "restartCommand"),
+            ({"node": {"handlerTimeout": 0}}, "handlerTimeout"),
+            ({"uninstall": {"timeout": 5}}, "timeout"),
+            ({"terminationGracePeriodSeconds": -1}, "terminationGracePeriodSeconds"),
             ({"node": {"shimDir": "/opt"}}, "shimDir"),
             ({"bogusTopLevel": 1}, "bogusTopLevel"),
             ({"image": {"registry": "docker.io"}}, "registry"),
@@ -643,6 +707,38 @@ class Render(unittest.TestCase):
         expect_install_error(self, {}, "Kubernetes", version="v1.24.9")
         with FakeKube(version="v1.25.0") as kube:
             helm_install(kube)
+
+
+INSTALLER = Path(os.environ.get("WASMPOD_NODE", HERE.parents[1] / "target/release/wasmpod-node"))
+
+
+class InstallerTakesTheArguments(unittest.TestCase):
+    """Every command line the chart renders parses in the real installer:
+    `wasmpod-node ARGS --help` exits 0 only when every flag before --help is
+    one it knows (`make chart` builds it first)."""
+
+    def test_rendered_command_lines_parse(self):
+        import subprocess
+
+        self.assertTrue(INSTALLER.is_file(), f"{INSTALLER} not built (make build, or set WASMPOD_NODE)")
+        for values in ({}, CUSTOM, CUSTOM_RC, {"node": {"socket": "/run/x.sock", "restartCommand": "true"}}):
+            r = render(values)
+            lines = []
+            for o in r.all():
+                if o["kind"] not in ("DaemonSet", "Job"):
+                    continue
+                c = o["spec"]["template"]["spec"]["containers"][0]
+                lines.append(c["args"])
+                if "readinessProbe" in c:
+                    lines.append(c["readinessProbe"]["exec"]["command"][1:])
+            self.assertTrue(lines)
+            for args in lines:
+                with self.subTest(values=values, args=args):
+                    p = subprocess.run([str(INSTALLER), *args, "--help"], capture_output=True, text=True, timeout=30)
+                    self.assertEqual(p.returncode, 0, p.stderr)
+        # and the check bites: an unknown flag fails
+        p = subprocess.run([str(INSTALLER), "install", "--no-such-flag", "--help"], capture_output=True, timeout=30)
+        self.assertNotEqual(p.returncode, 0)
 
 
 class Uninstall(unittest.TestCase):
@@ -705,7 +801,7 @@ class Uninstall(unittest.TestCase):
         # the API (FakeKube with the Kubernetes schemas) refuses a hook with
         # an unknown field, and helm uninstall stops there
         chart = copy_chart("bad-hook")
-        edit(chart / "templates/uninstall-job.yaml", "backoffLimit: 0", "backofLimit: 0")
+        edit(chart / "templates/uninstall-job.yaml", "backoffLimit: 2", "backofLimit: 2")
         with FakeKube(validator=schema_error) as kube:
             helm_install(kube, chart=chart)
             with self.assertRaises(helm.UninstallError):

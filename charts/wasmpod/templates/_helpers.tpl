@@ -86,6 +86,17 @@ wasmpod.io/ready
 {{- end }}
 
 {{/*
+The node label with the installer's step on that node (installing,
+restart-pending, waiting-for-cri, ready, uninstalling,
+uninstall-restart-pending): on from the installer's first change to the
+node until its uninstall is done, which is what the uninstall waiter waits
+for.
+*/}}
+{{- define "wasmpod.stepLabel" -}}
+wasmpod.io/step
+{{- end }}
+
+{{/*
 Where wasmpod goes on the node: the arguments `install`, `uninstall` and
 `status` share (a YAML list, indented by the caller).
 */}}
@@ -100,6 +111,10 @@ Where wasmpod goes on the node: the arguments `install`, `uninstall` and
 - --config
 - {{ . | quote }}
 {{- end }}
+{{- with .Values.node.socket }}
+- --socket
+- {{ . | quote }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -110,10 +125,18 @@ verb (a YAML list, indented by the caller).
 {{ include "wasmpod.nodeTargetArgs" . }}
 - --restart
 - {{ .Values.node.restart | quote }}
+{{- with .Values.node.restartCommand }}
+- --restart-command
+- {{ . | quote }}
+{{- end }}
+- --handler-timeout
+- {{ .Values.node.handlerTimeout | quote }}
 - --node-name
 - $(NODE_NAME)
 - --label
 - {{ include "wasmpod.readyLabel" . }}
+- --step-label
+- {{ include "wasmpod.stepLabel" . }}
 - --wait
 {{- end }}
 
