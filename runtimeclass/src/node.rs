@@ -582,6 +582,32 @@ mod tests {
     }
 
     #[test]
+    fn state_files_keep_the_step_and_older_ones_start_over() {
+        let h = host();
+        let path = h.path().join("state.json");
+        // a state file of an installer older than the steps
+        fs::write(&path, r#"{"config":"/etc/containerd/config.toml","created_config":false,"written_sha256":"ab","backup":null,"binary":"/usr/local/bin/containerd-shim-wasmpod-v1","binary_sha256":"cd"}"#).unwrap();
+        let old = read_state(&path).expect("old state");
+        assert_eq!(
+            (old.step, old.failures, old.last_error.as_deref()),
+            (Step::Installing, 0, None)
+        );
+        let mut s = old.clone();
+        s.step = Step::UninstallRestartPending;
+        s.failures = 2;
+        s.last_error = Some("systemctl restart containerd.service failed".into());
+        write_state(&path, &s).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(r#""step": "uninstall-restart-pending""#),
+            "{text}"
+        );
+        assert_eq!(read_state(&path), Some(s));
+        assert!(Step::RestartPending.restart_pending() && !Step::Ready.restart_pending());
+        assert_eq!(Step::WaitingForCri.to_string(), "waiting-for-cri");
+    }
+
+    #[test]
     fn binary_copied_atomically_and_checked() {
         let h = host();
         let src = h.path().join("shim");

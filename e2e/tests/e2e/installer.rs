@@ -660,8 +660,9 @@ fn installer_restarts_containerd_in_its_namespaces_and_resumes_after_failures_an
     );
 
     // 4. The uninstall waiter sees the node, retries two failed API calls,
-    //    and finishes only after the next uninstall run has restarted
-    //    containerd and removed the step label.
+    //    and finishes only after the next uninstall run (whose first restart
+    //    is refused and retried) has restarted containerd and removed the
+    //    step label.
     let waiter_args: Vec<String> = [
         "wait-unlabeled",
         "--timeout",
@@ -695,11 +696,17 @@ fn installer_restarts_containerd_in_its_namespaces_and_resumes_after_failures_an
         "the waiter gave up: {:?}",
         waiter.output()
     );
+    // its first restart is refused too, and retried
+    std::fs::write(dir.join("fail-next"), "")?;
     let args = node.args("uninstall", &["--restart-command", &script]);
     let mut bg = elsewhere(&args, &node, &cgroup, "uninstall-2")?;
     serve_restarts(&mut cd, &dir, &mut bg, Duration::from_secs(120))?;
     let (ok, stdout, stderr) = bg.wait(Duration::from_secs(5))?;
-    ensure!(ok, "second uninstall:\n{stdout}\n{stderr}");
+    ensure!(
+        ok && stdout.contains("(failure 2 at step uninstall-restart-pending)")
+            && stdout.contains("no longer lists the wasmpod handler"),
+        "second uninstall:\n{stdout}\n{stderr}"
+    );
     let (ok, wout, werr) = waiter.wait(Duration::from_secs(30))?;
     ensure!(
         ok && wout.contains("(retrying)") && wout.contains("every node is uninstalled"),

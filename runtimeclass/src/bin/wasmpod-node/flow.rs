@@ -78,8 +78,8 @@ pub struct Install {
     /// Its expected sha256 (default: the `<shim>.sha256` file, when present).
     #[arg(long)]
     shim_sha256: Option<String>,
-    /// Config version for a missing or empty config (default: from the
-    /// host's containerd version, else 2).
+    /// Config version for a missing or empty config (default, or 0: from
+    /// the version of the containerd serving the socket, else 2).
     #[arg(long)]
     config_version: Option<i64>,
     /// Retry until done, then keep running until SIGTERM (a DaemonSet pod).
@@ -281,17 +281,19 @@ impl Progress {
     }
 }
 
-/// The host containerd's config version for new configs: 3 for containerd 2.x.
-fn host_config_version(host_root: &Path) -> i64 {
+/// The config version a missing or empty config gets: 3 for containerd 2.x.
+/// Asked of the containerd serving the socket (CRI `Version`), which may be
+/// anywhere on the node; else of the `containerd` binaries at the usual
+/// places; else 2.
+async fn host_config_version(host_root: &Path, t: &Target) -> i64 {
+    if let Ok(v) = cri::runtime_version(&on_host(host_root, &t.socket)).await {
+        return cri::config_version_for(&v);
+    }
     for bin in ["usr/local/bin/containerd", "usr/bin/containerd"] {
         let path = host_root.join(bin);
         if let Ok(out) = std::process::Command::new(&path).arg("--version").output() {
             let text = String::from_utf8_lossy(&out.stdout);
-            let version = text.split_whitespace().nth(2).unwrap_or("");
-            if version.trim_start_matches('v').starts_with("2.") {
-                return 3;
-            }
-            return 2;
+            return cri::config_version_for(text.split_whitespace().nth(2).unwrap_or(""));
         }
     }
     2
@@ -345,9 +347,10 @@ pub async fn install(a: Install) -> Result<()> {
     ));
     p.state.binary = bin;
     p.state.binary_sha256 = sum;
-    let version = a
-        .config_version
-        .unwrap_or_else(|| host_config_version(&host));
+    let version = match a.config_version {
+        Some(v) if v > 0 => v,
+        _ => host_config_version(&host, &t).await,
+    };
     let change = node::register(&host, &t, version, &mut p.state)?;
     say(format!(
         "handler {HANDLER} {} in {} (config version {}, SystemdCgroup {})",
@@ -372,6 +375,12 @@ pub async fn install(a: Install) -> Result<()> {
     Labels::step(&labels, Some(next), &mut term).await?;
 
     let timeout = Duration::from_secs(a.restart.handler_timeout);
+    if mode == Mode::None && !serving {
+        say(format!(
+            "--restart none: restart containerd to load the handler; waiting for CRI on {} to list it",
+            t.socket.display()
+        ));
+    }
     loop {
         if p.state.step == Step::RestartPending {
             if let Err(e) = run_restart(&mode, &t, &host).await {
@@ -457,11 +466,14 @@ pub async fn uninstall(a: Uninstall) -> Result<()> {
             ));
             break;
         }
-        if mode != Mode::None {
-            if let Err(e) = run_restart(&mode, &t, &host).await {
-                p.failed(e, &mut term).await?;
-                continue;
-            }
+        if mode == Mode::None {
+            say(format!(
+                "--restart none: restart containerd to unload the handler; waiting for CRI on {} to stop listing it",
+                t.socket.display()
+            ));
+        } else if let Err(e) = run_restart(&mode, &t, &host).await {
+            p.failed(e, &mut term).await?;
+            continue;
         }
         match wait_for_cri(&t, &host, false, timeout, &mut term).await {
             Ok(()) => break,
