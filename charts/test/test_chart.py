@@ -99,7 +99,7 @@ def node_args(
 ):
     return (
         [verb, *target_args(bin_dir, distro, config, socket), "--restart", restart]
-        + (["--restart-command", restart_command] if restart_command else [])
+        + (["--restart-command", restart_command.replace("$", "$$")] if restart_command else [])
         + ["--handler-timeout", str(handler_timeout)]
         + ["--node-name", "$(NODE_NAME)", "--label", READY_LABEL, "--step-label", STEP_LABEL, "--wait"]
     )
@@ -328,8 +328,9 @@ def check_node_pod(t, r: Rendered, ds: dict, verb: str, container_name: str) -> 
     t.assertEqual(spec.get("terminationGracePeriodSeconds"), v["terminationGracePeriodSeconds"])
     t.assertEqual(c.get("securityContext"), {"privileged": True}, f"{name}: privileged")
     node = v["node"]
+    extra = ["--config-version", str(node["configVersion"])] if verb == "install" and node["configVersion"] else []
     t.assertEqual(
-        c["args"],
+        c["args"][: len(c["args"]) - len(extra)],
         node_args(
             verb,
             node["binDir"],
@@ -342,6 +343,7 @@ def check_node_pod(t, r: Rendered, ds: dict, verb: str, container_name: str) -> 
         ),
         f"{name}: arguments",
     )
+    t.assertEqual(c["args"][len(c["args"]) - len(extra) :], extra, f"{name}: --config-version")
     t.assertIn(
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         c.get("env") or [],
@@ -636,6 +638,7 @@ class Render(unittest.TestCase):
                 "socket": "/run/containerd-edge/containerd.sock",
                 "restartCommand": command,
                 "handlerTimeout": 300,
+                "configVersion": 3,
             },
             "uninstall": {"timeout": 900},
         }
@@ -644,8 +647,12 @@ class Render(unittest.TestCase):
         for name in ("wasmpod-node", "wasmpod-uninstall"):
             args = r.one("DaemonSet", name)["spec"]["template"]["spec"]["containers"][0]["args"]
             self.assertEqual(args[args.index("--socket") + 1], "/run/containerd-edge/containerd.sock")
-            self.assertEqual(args[args.index("--restart-command") + 1], command)
+            # kubelet expands $(VAR) and turns $$ into $ in args: the chart
+            # doubles every $, so the command reaches the installer as given
+            self.assertEqual(args[args.index("--restart-command") + 1], command.replace("$", "$$"))
             self.assertEqual(args[args.index("--handler-timeout") + 1], "300")
+        args = r.one("DaemonSet", "wasmpod-node")["spec"]["template"]["spec"]["containers"][0]["args"]
+        self.assertEqual(args[-2:], ["--config-version", "3"])
         probe = r.one("DaemonSet", "wasmpod-node")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
         self.assertIn("/run/containerd-edge/containerd.sock", probe["exec"]["command"])
         job = r.one("Job", "wasmpod-uninstall-wait")
@@ -683,6 +690,7 @@ class Render(unittest.TestCase):
             ({"node": {"socket": "run/containerd/containerd.sock"}}, "socket"),
             ({"node": {"restartCommand": ["systemctl", "restart"]}}, "restartCommand"),
             ({"node": {"handlerTimeout": 0}}, "handlerTimeout"),
+            ({"node": {"configVersion": 1}}, "configVersion"),
             ({"uninstall": {"timeout": 5}}, "timeout"),
             ({"terminationGracePeriodSeconds": -1}, "terminationGracePeriodSeconds"),
             ({"node": {"shimDir": "/opt"}}, "shimDir"),

@@ -46,10 +46,18 @@ pub struct KubeApi {
 }
 
 impl KubeApi {
-    /// Starts it with the nodes `nodes` (no labels).
+    /// Starts it with the nodes `nodes` (no labels), on this network
+    /// namespace's loopback.
     pub fn start(nodes: &[&str]) -> Result<KubeApi> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("bind the API stand-in")?;
-        let url = format!("http://{}", listener.local_addr()?);
+        Self::start_in(nodes, None)
+    }
+
+    /// Starts it on the loopback of the network namespace `netns` (a
+    /// `/run/netns/NAME` path; its thread joins it, the rest of the test
+    /// process stays where it is), or of this one.
+    pub fn start_in(nodes: &[&str], netns: Option<&std::path::Path>) -> Result<KubeApi> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let netns = netns.map(std::path::Path::to_path_buf);
         let inner = Arc::new(Mutex::new(Inner {
             nodes: nodes
                 .iter()
@@ -59,10 +67,34 @@ impl KubeApi {
         }));
         let shared = Arc::clone(&inner);
         std::thread::spawn(move || {
+            let bound = (|| {
+                if let Some(ns) = &netns {
+                    let f = std::fs::File::open(ns)
+                        .with_context(|| format!("open {}", ns.display()))?;
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .with_context(|| format!("join {}", ns.display()))?;
+                }
+                let listener = TcpListener::bind("127.0.0.1:0").context("bind the API stand-in")?;
+                let url = format!("http://{}", listener.local_addr()?);
+                Ok::<_, anyhow::Error>((listener, url))
+            })();
+            let listener = match bound {
+                Ok((listener, url)) => {
+                    let _ = tx.send(Ok(url));
+                    listener
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
             for stream in listener.incoming().flatten() {
                 let _ = serve(stream, &shared);
             }
         });
+        let url = rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("the API stand-in did not start")??;
         Ok(KubeApi { url, inner })
     }
 
@@ -202,6 +234,10 @@ fn handle(
                 return (400, r#"{"message":"not JSON"}"#.into());
             };
             if let Some(map) = patch["metadata"]["labels"].as_object() {
+                // label values are strings; null removes one
+                if map.values().any(|v| !(v.is_string() || v.is_null())) {
+                    return (400, r#"{"message":"label values must be strings"}"#.into());
+                }
                 for (k, v) in map {
                     match v.as_str() {
                         Some(v) => labels.insert(k.clone(), v.to_owned()),

@@ -383,13 +383,27 @@ pub struct ConfigChange {
 
 /// Registers the handler in the target's config file (host paths under
 /// `host_root`), keeping a backup of the original and recording what it did
-/// in `state`. `default_version` is used for a missing or empty config.
+/// in `state`, which `persist` writes before the config file changes (so a
+/// kill in between cannot lose the backup's record). `default_version` is
+/// used for a missing or empty config. A state left by an uninstall (whose
+/// restore removed the backup) starts over: the config as it is now is the
+/// original to keep.
 pub fn register(
     host_root: &Path,
     target: &Target,
     default_version: i64,
     state: &mut State,
+    persist: &mut dyn FnMut(&State) -> Result<(), NodeError>,
 ) -> Result<ConfigChange, NodeError> {
+    if matches!(
+        state.step,
+        Step::Uninstalling | Step::UninstallRestartPending
+    ) {
+        state.config = PathBuf::new();
+        state.backup = None;
+        state.created_config = false;
+        state.written_sha256.clear();
+    }
     let path = on_host(host_root, &target.config);
     let existed = path.exists();
     let original = if existed {
@@ -462,8 +476,9 @@ pub fn register(
     let mode = fs::metadata(&path)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);
-    write_atomic(&path, done.text.as_bytes(), mode)?;
     state.written_sha256 = hex::encode(Sha256::digest(done.text.as_bytes()));
+    persist(state)?;
+    write_atomic(&path, done.text.as_bytes(), mode)?;
     Ok(ConfigChange {
         changed: true,
         version: done.version,
@@ -498,9 +513,14 @@ pub fn unregister(
             fs::remove_file(&path).map_err(io("remove", &path))?;
             return Ok(true);
         }
-        if let Some(backup) = &s.backup {
-            let host_backup = on_host(host_root, backup);
-            let original = fs::read(&host_backup).map_err(io("read", &host_backup))?;
+        // a backup that is gone (removed by hand, or by an earlier
+        // uninstall) leaves the block removal below
+        if let Some(original) = s
+            .backup
+            .as_ref()
+            .and_then(|b| fs::read(on_host(host_root, b)).ok())
+        {
+            let host_backup = on_host(host_root, s.backup.as_ref().expect("read above"));
             let mode = fs::metadata(&path)
                 .map(|m| m.permissions().mode() & 0o7777)
                 .unwrap_or(0o644);
@@ -643,9 +663,13 @@ mod tests {
         let original = "# mine\nversion = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  SystemdCgroup = true\n";
         fs::write(&path, original).unwrap();
         let mut state = State::default();
-        let change = register(h.path(), &t, 2, &mut state).unwrap();
+        let change = register(h.path(), &t, 2, &mut state, &mut |_| Ok(())).unwrap();
         assert!(change.changed && change.systemd_cgroup);
-        assert!(!register(h.path(), &t, 2, &mut state).unwrap().changed);
+        assert!(
+            !register(h.path(), &t, 2, &mut state, &mut |_| Ok(()))
+                .unwrap()
+                .changed
+        );
         assert_eq!(
             fs::read_to_string(on_host(h.path(), state.backup.as_ref().unwrap())).unwrap(),
             original
@@ -673,11 +697,54 @@ mod tests {
         let h = host();
         let t = target(h.path(), Some(Distro::Containerd));
         let mut state = State::default();
-        register(h.path(), &t, 2, &mut state).unwrap();
+        register(h.path(), &t, 2, &mut state, &mut |_| Ok(())).unwrap();
         assert!(state.created_config);
         assert!(on_host(h.path(), &t.config).exists());
         unregister(h.path(), &t, Some(&state)).unwrap();
         assert!(!on_host(h.path(), &t.config).exists());
+    }
+
+    #[test]
+    fn reinstall_after_an_interrupted_uninstall_keeps_a_fresh_backup() {
+        let h = host();
+        let t = target(h.path(), Some(Distro::Containerd));
+        let path = on_host(h.path(), &t.config);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let original = "version = 2\n# the operator's\n";
+        fs::write(&path, original).unwrap();
+        let mut state = State::default();
+        let mut persisted = Vec::new();
+        register(h.path(), &t, 2, &mut state, &mut |s| {
+            // recorded before the config changes
+            assert_eq!(
+                fs::read_to_string(on_host(h.path(), &t.config)).unwrap(),
+                original
+            );
+            persisted.push(s.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(persisted.len(), 1);
+        assert_eq!(persisted[0].backup, state.backup);
+        // uninstall restores the original (and removes the backup), then
+        // stops before its restart; install runs again
+        assert!(unregister(h.path(), &t, Some(&state)).unwrap());
+        state.step = Step::UninstallRestartPending;
+        assert!(
+            register(h.path(), &t, 2, &mut state, &mut |_| Ok(()))
+                .unwrap()
+                .changed
+        );
+        let backup = on_host(h.path(), state.backup.as_ref().expect("a backup"));
+        assert_eq!(fs::read_to_string(&backup).unwrap(), original);
+        assert!(unregister(h.path(), &t, Some(&state)).unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), original);
+        // and a backup removed by hand falls back to removing the block
+        let mut state = State::default();
+        register(h.path(), &t, 2, &mut state, &mut |_| Ok(())).unwrap();
+        fs::remove_file(on_host(h.path(), state.backup.as_ref().unwrap())).unwrap();
+        assert!(unregister(h.path(), &t, Some(&state)).unwrap());
+        assert!(!config::is_installed(&fs::read_to_string(&path).unwrap()));
     }
 
     #[test]
@@ -689,7 +756,11 @@ mod tests {
         let t = target(h.path(), None);
         // No template yet: created from the base template plus the handler.
         let mut state = State::default();
-        assert!(register(h.path(), &t, 2, &mut state).unwrap().changed);
+        assert!(
+            register(h.path(), &t, 2, &mut state, &mut |_| Ok(()))
+                .unwrap()
+                .changed
+        );
         let text = fs::read_to_string(dir.join("config.toml.tmpl")).unwrap();
         assert!(text.starts_with("{{ template \"base\" . }}\n"), "{text}");
         assert!(text.contains("SystemdCgroup = true"), "{text}");

@@ -127,7 +127,8 @@ verb (a YAML list, indented by the caller).
 - {{ .Values.node.restart | quote }}
 {{- with .Values.node.restartCommand }}
 - --restart-command
-- {{ . | quote }}
+{{- /* kubelet expands $(VAR) in args and turns $$ into $: escape every $ */}}
+- {{ . | replace "$" "$$" | quote }}
 {{- end }}
 - --handler-timeout
 - {{ .Values.node.handlerTimeout | quote }}

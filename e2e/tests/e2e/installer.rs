@@ -135,6 +135,11 @@ struct Node {
 
 impl Node {
     fn new(cd: &Containerd) -> Result<Node> {
+        Self::with_api_in(cd, None)
+    }
+
+    /// With the API stand-in on the loopback of network namespace `netns`.
+    fn with_api_in(cd: &Containerd, netns: Option<&NetNs>) -> Result<Node> {
         let dir = cd.tempdir().to_path_buf();
         let token = dir.join("token");
         std::fs::write(&token, "e2e-token\n")?;
@@ -144,7 +149,7 @@ impl Node {
             bin_dir: dir.join("node-bin"),
             state: dir.join("node-state.json"),
             token,
-            api: KubeApi::start(&[NODE])?,
+            api: KubeApi::start_in(&[NODE], netns.map(|n| n.path.as_path()))?,
             dir,
         })
     }
@@ -273,6 +278,8 @@ fn installer_labels_the_node_only_once_cri_lists_the_handler_and_uninstall_resto
     let install = node.install_args(&["--restart", "none", "--wait"])?;
     let mut installer = Bg::node(&install, &node.dir, "install")?;
     node.wait_step("waiting-for-cri", 0, Duration::from_secs(60))?;
+    node.api
+        .wait_label(NODE, STEP, Some("waiting-for-cri"), Duration::from_secs(10))?;
     std::thread::sleep(Duration::from_secs(1));
     ensure!(
         node.label(READY).is_none() && node.label(STEP).as_deref() == Some("waiting-for-cri"),
@@ -455,29 +462,83 @@ impl Drop for InstallerCgroup {
     }
 }
 
-/// `wasmpod-node ARGS` in mount, UTS and IPC namespaces of its own (a tmpfs
-/// over `probe`, hostname `e2e-installer`) and in `cgroup`, as in a pod.
-fn elsewhere(args: &[String], node: &Node, cgroup: &InstallerCgroup, name: &str) -> Result<Bg> {
-    let mut cmd = Command::new("unshare");
+/// A network namespace of the test's own (`ip netns add`), loopback up;
+/// deleted on drop.
+struct NetNs {
+    name: String,
+    path: PathBuf,
+}
+
+impl NetNs {
+    fn new() -> Result<NetNs> {
+        let name = format!("wasmpod-e2e-installer-{}", std::process::id());
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let mut cmd = Command::new("ip");
+            cmd.args(&args);
+            let out = run_with_timeout(&mut cmd, None, Duration::from_secs(10))?;
+            ensure!(out.success(), "ip {}: {out:?}", args.join(" "));
+        }
+        Ok(NetNs {
+            path: PathBuf::from("/run/netns").join(&name),
+            name,
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// `wasmpod-node ARGS` as in a pod: in `cgroup` (a memory cgroup of its
+/// own), then in the network namespace `netns`, and in mount, UTS, IPC and
+/// cgroup namespaces of its own (a tmpfs over `probe`, hostname
+/// `e2e-installer`, its cgroup as the root of its cgroup namespace).
+/// `installer-ns` records the namespaces it ran in.
+fn elsewhere(
+    args: &[String],
+    node: &Node,
+    cgroup: &InstallerCgroup,
+    netns: &NetNs,
+    name: &str,
+) -> Result<Bg> {
+    let inner = node.dir.join("installer-wrapper.sh");
+    std::fs::write(
+        &inner,
+        r#"d=$1; shift
+mount -t tmpfs e2e-installer "$d/probe" && hostname e2e-installer &&
+for ns in uts net cgroup mnt; do echo "$ns $(readlink /proc/self/ns/$ns)"; done > "$d/installer-ns" &&
+exec "$@"
+"#,
+    )?;
+    let mut cmd = Command::new("/bin/sh");
     cmd.args([
+        "-c",
+        r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#,
+        "sh",
+    ])
+    .arg(&cgroup.0)
+    .arg("nsenter")
+    .arg(format!("--net={}", netns.path.display()))
+    .args([
+        "unshare",
         "--mount",
         "--uts",
         "--ipc",
+        "--cgroup",
         "--propagation",
         "private",
         "--",
         "/bin/sh",
-        "-c",
     ])
-    .arg(
-        r#"d=$1; cg=$2; shift 2
-               mount -t tmpfs e2e-installer "$d/probe" && hostname e2e-installer &&
-               readlink /proc/self/ns/uts > "$d/installer-uts" &&
-               echo $$ > "$cg/cgroup.procs" && exec "$@""#,
-    )
-    .arg("sh")
+    .arg(&inner)
     .arg(&node.dir)
-    .arg(&cgroup.0)
     .arg(installer_bin()?)
     .args(args);
     Bg::spawn(cmd, &node.dir, name)
@@ -555,7 +616,8 @@ fn installer_restarts_containerd_in_its_namespaces_and_resumes_after_failures_an
         ..Default::default()
     })?;
     let before = std::fs::read(cd.config_path())?;
-    let node = Node::new(&cd)?;
+    let netns = NetNs::new()?;
+    let node = Node::with_api_in(&cd, Some(&netns))?;
     let dir = node.dir.clone();
     let cgroup = InstallerCgroup::new()?;
     let script = restart_script(&dir)?;
@@ -565,7 +627,7 @@ fn installer_restarts_containerd_in_its_namespaces_and_resumes_after_failures_an
     std::fs::write(dir.join("fail-next"), "")?;
     let args = node.install_args(&["--restart-command", &script, "--attempts", "1"])?;
     let (ok, stdout, stderr) =
-        elsewhere(&args, &node, &cgroup, "install-1")?.wait(Duration::from_secs(60))?;
+        elsewhere(&args, &node, &cgroup, &netns, "install-1")?.wait(Duration::from_secs(60))?;
     ensure!(
         !ok && (stderr.contains("restart refused by the test")
             || stdout.contains("restart refused by the test")),
@@ -589,20 +651,41 @@ fn installer_restarts_containerd_in_its_namespaces_and_resumes_after_failures_an
         "status after a failed restart: {out:?}"
     );
 
+    // 1b. SIGTERM while a restart keeps failing: the run stops at the
+    //     recorded step, at once.
+    let args = node.install_args(&["--restart-command", "exit 5", "--wait"])?;
+    let mut bg = elsewhere(&args, &node, &cgroup, &netns, "install-term")?;
+    node.wait_step("restart-pending", 2, Duration::from_secs(60))?;
+    let signalled = Instant::now();
+    bg.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let (ok, stdout, stderr) = bg.wait(Duration::from_secs(10))?;
+    ensure!(
+        !ok && stderr.contains("terminated at step restart-pending")
+            && signalled.elapsed() < Duration::from_secs(3),
+        "install after SIGTERM ({:?}):\n{stdout}\n{stderr}",
+        signalled.elapsed()
+    );
+    ensure!(
+        node.step().as_deref() == Some("restart-pending") && node.label(READY).is_none(),
+        "after SIGTERM: step {:?}, labels {:?}",
+        node.step(),
+        node.api.labels(NODE)
+    );
+
     // 2. The next run finds the config already registered, restarts anyway
-    //    (the state says so), fails once more (the second failure at that
-    //    step, counted across runs), retries, and succeeds; the
+    //    (the state says so), fails once more (the third failure, counted
+    //    across runs), retries, and succeeds; the
     //    restart runs in containerd's namespaces and cgroups.
     std::fs::write(dir.join("fail-next"), "")?;
     let args = node.install_args(&["--restart-command", &script, "--attempts", "3"])?;
-    let mut bg = elsewhere(&args, &node, &cgroup, "install-2")?;
+    let mut bg = elsewhere(&args, &node, &cgroup, &netns, "install-2")?;
     let pid = cd.pid().context("containerd pid")?;
     let seen = serve_restarts(&mut cd, &dir, &mut bg, Duration::from_secs(120))?;
     let (ok, stdout, stderr) = bg.wait(Duration::from_secs(5))?;
     ensure!(ok, "second install:\n{stdout}\n{stderr}");
     ensure!(
         stdout.contains("already registered")
-            && stdout.contains("(failure 2 at step restart-pending)")
+            && stdout.contains("(failure 3 at step restart-pending)")
             && stdout.contains(&format!(
                 "containerd pid {pid} (serving {})",
                 node.socket.display()
@@ -618,11 +701,13 @@ fn installer_restarts_containerd_in_its_namespaces_and_resumes_after_failures_an
     let (ns, cgroups) = &seen[0];
     let ran_ns = std::fs::read_to_string(dir.join("restart-ns"))?;
     let ran_cgroups = std::fs::read_to_string(dir.join("restart-cgroup"))?;
-    let installer_uts = std::fs::read_to_string(dir.join("installer-uts"))?;
-    ensure!(
-        !ns.contains(installer_uts.trim()),
-        "the installer was not in a UTS namespace of its own: {installer_uts} / {ns}"
-    );
+    let installer_ns = std::fs::read_to_string(dir.join("installer-ns"))?;
+    for line in installer_ns.lines() {
+        ensure!(
+            !ns.contains(line),
+            "the installer was not in a namespace of its own: {line} / {ns}"
+        );
+    }
     ensure!(
         ran_ns == *ns && ran_cgroups == *cgroups && dir.join("probe/seen").exists(),
         "the restart command did not run in containerd's namespaces and cgroups:\nran in:\n{ran_ns}{ran_cgroups}\ncontainerd:\n{ns}{cgroups}"
@@ -639,7 +724,7 @@ fn installer_restarts_containerd_in_its_namespaces_and_resumes_after_failures_an
     //    at the recorded step; the shim stays, since containerd still
     //    serves the handler.
     let args = node.args("uninstall", &["--restart-command", "exit 4", "--wait"]);
-    let mut bg = elsewhere(&args, &node, &cgroup, "uninstall-1")?;
+    let mut bg = elsewhere(&args, &node, &cgroup, &netns, "uninstall-1")?;
     node.wait_step("uninstall-restart-pending", 1, Duration::from_secs(60))?;
     bg.signal(nix::sys::signal::Signal::SIGTERM)?;
     let (ok, stdout, stderr) = bg.wait(Duration::from_secs(10))?;
@@ -674,7 +759,12 @@ fn installer_restarts_containerd_in_its_namespaces_and_resumes_after_failures_an
     ]
     .map(str::to_owned)
     .to_vec();
-    let mut waiter = Bg::node(&waiter_args, &dir, "waiter")?;
+    // in the API stand-in's network namespace, as the installer
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.path.display()))
+        .arg(installer_bin()?)
+        .args(&waiter_args);
+    let mut waiter = Bg::spawn(cmd, &dir, "waiter")?;
     let gets = |api: &KubeApi| api.requests().iter().filter(|r| r.method == "GET").count();
     let deadline = Instant::now() + Duration::from_secs(30);
     while gets(&node.api) == 0 {
@@ -699,7 +789,7 @@ fn installer_restarts_containerd_in_its_namespaces_and_resumes_after_failures_an
     // its first restart is refused too, and retried
     std::fs::write(dir.join("fail-next"), "")?;
     let args = node.args("uninstall", &["--restart-command", &script]);
-    let mut bg = elsewhere(&args, &node, &cgroup, "uninstall-2")?;
+    let mut bg = elsewhere(&args, &node, &cgroup, &netns, "uninstall-2")?;
     serve_restarts(&mut cd, &dir, &mut bg, Duration::from_secs(120))?;
     let (ok, stdout, stderr) = bg.wait(Duration::from_secs(5))?;
     ensure!(
@@ -735,6 +825,7 @@ fn installer_restarts_containerd_in_its_namespaces_and_resumes_after_failures_an
         node.api.labels(NODE)
     );
     drop(cgroup);
+    drop(netns);
     cd.assert_no_leftovers()
 }
 

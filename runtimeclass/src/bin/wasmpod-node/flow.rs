@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::watch;
 use wasmpod_runtimeclass::kube::ApiServer;
 use wasmpod_runtimeclass::node::{self, on_host, State, Step, Target};
@@ -230,15 +232,20 @@ struct Progress {
 }
 
 impl Progress {
+    /// Records `step` (the failure count carries on: a restart that keeps
+    /// failing alternates between two steps, and its backoff must grow).
     fn enter(&mut self, step: Step) -> Result<()> {
-        if self.state.step != step {
-            self.state.failures = 0;
-            self.state.last_error = None;
-        }
         self.state.step = step;
         node::write_state(&self.file, &self.state)?;
         say(format!("step {step}"));
         Ok(())
+    }
+
+    /// Records `step` as reached after the failures: the count restarts.
+    fn succeed(&mut self, step: Step) -> Result<()> {
+        self.state.failures = 0;
+        self.state.last_error = None;
+        self.enter(step)
     }
 
     /// Records a failed attempt and sleeps before the next one; `Err` when
@@ -264,8 +271,10 @@ impl Progress {
                 self.file.display()
             );
         }
-        let delay =
-            Duration::from_secs((2u64 << self.state.failures.min(5).saturating_sub(1)).min(60));
+        // 2, 4, 8, 16, 32, then 60 s
+        let delay = Duration::from_secs(
+            (2u64 << self.state.failures.clamp(1, 6).saturating_sub(1)).min(60),
+        );
         say(format!(
             "{msg} (failure {} at step {step}); retrying in {} s",
             self.state.failures,
@@ -278,6 +287,36 @@ impl Progress {
             );
         }
         Ok(())
+    }
+}
+
+/// One `install` or `uninstall` at a time on a node (a restarting installer
+/// pod and the uninstall hook's pod may overlap): an exclusive `flock` of
+/// the state file's directory, held while the run changes the node and
+/// released before `--wait` idles. SIGTERM ends the wait for it.
+async fn lock_node(state_file: &Path, term: &mut Term) -> Result<Flock<std::fs::File>> {
+    let dir = state_file.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut file = std::fs::File::open(dir).with_context(|| format!("open {}", dir.display()))?;
+    let mut said = false;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, Errno::EWOULDBLOCK)) => {
+                if !said {
+                    say(format!(
+                        "another wasmpod-node run holds {}; waiting for it",
+                        dir.display()
+                    ));
+                    said = true;
+                }
+                if term.sleep(Duration::from_secs(1)).await {
+                    bail!("terminated while waiting for another run on this node");
+                }
+                file = f;
+            }
+            Err((_, e)) => bail!("lock {}: {e}", dir.display()),
+        }
     }
 }
 
@@ -313,6 +352,7 @@ pub async fn install(a: Install) -> Result<()> {
     ));
     let labels = Labels::new(&a.api)?;
     let file = a.node.state_file();
+    let lock = lock_node(&file, &mut term).await?;
     let saved = node::read_state(&file);
     // the node counts as touched (for the uninstall waiter) before anything
     // on it changes; a resumed install shows the step it resumes
@@ -347,11 +387,17 @@ pub async fn install(a: Install) -> Result<()> {
     ));
     p.state.binary = bin;
     p.state.binary_sha256 = sum;
+    let p_file = p.file.clone();
     let version = match a.config_version {
         Some(v) if v > 0 => v,
         _ => host_config_version(&host, &t).await,
     };
-    let change = node::register(&host, &t, version, &mut p.state)?;
+    let change = node::register(&host, &t, version, &mut p.state, &mut |s| {
+        let mut s = s.clone();
+        s.step = Step::Installing;
+        node::write_state(&p_file, &s)
+    })?;
+    p.state.step = Step::Installing;
     say(format!(
         "handler {HANDLER} {} in {} (config version {}, SystemdCgroup {})",
         if change.changed {
@@ -372,7 +418,12 @@ pub async fn install(a: Install) -> Result<()> {
         Step::WaitingForCri
     };
     p.enter(next)?;
-    Labels::step(&labels, Some(next), &mut term).await?;
+    match &labels {
+        // a node whose containerd does not serve the handler now is not
+        // ready, whatever it was before
+        Some(l) if !serving => l.set(Some(None), Some(next), &mut term).await?,
+        _ => Labels::step(&labels, Some(next), &mut term).await?,
+    }
 
     let timeout = Duration::from_secs(a.restart.handler_timeout);
     if mode == Mode::None && !serving {
@@ -401,11 +452,12 @@ pub async fn install(a: Install) -> Result<()> {
             }
         }
     }
-    p.enter(Step::Ready)?;
+    p.succeed(Step::Ready)?;
     if let Some(l) = &labels {
         l.set(Some(Some("true")), Some(Step::Ready), &mut term)
             .await?;
     }
+    drop(lock);
     stay(a.wait, "installed", &mut term).await;
     Ok(())
 }
@@ -417,6 +469,7 @@ pub async fn uninstall(a: Uninstall) -> Result<()> {
     let mode = Mode::from_flags(&a.restart.restart, a.restart.restart_command.as_deref())?;
     let labels = Labels::new(&a.api)?;
     let file = a.node.state_file();
+    let lock = lock_node(&file, &mut term).await?;
     let saved = node::read_state(&file);
     // the ready label comes off before the handler does: no new Wasm pod
     // is scheduled here from now on
@@ -438,9 +491,13 @@ pub async fn uninstall(a: Uninstall) -> Result<()> {
         attempts: a.restart.attempts.max(1),
         wait: a.wait,
     };
+    let mut untouched = false;
     if !resume {
-        p.enter(Step::Uninstalling)?;
+        p.succeed(Step::Uninstalling)?;
         let changed = node::unregister(&host, &t, saved.as_ref())?;
+        // no state and no handler in the config: nothing of the installer's
+        // is on this node, and containerd need not be asked or restarted
+        untouched = saved.is_none() && !changed;
         say(format!(
             "handler {HANDLER} {} {}",
             if changed {
@@ -459,9 +516,17 @@ pub async fn uninstall(a: Uninstall) -> Result<()> {
     let timeout = Duration::from_secs(a.restart.handler_timeout);
     let socket = on_host(&host, &t.socket);
     loop {
-        if cri::has_handler(&socket, HANDLER).await == Ok(false) {
+        let answer = cri::has_handler(&socket, HANDLER).await;
+        if answer == Ok(false) {
             say(format!(
                 "CRI on {} does not list the {HANDLER} handler",
+                t.socket.display()
+            ));
+            break;
+        }
+        if let (true, Err(e)) = (untouched, &answer) {
+            say(format!(
+                "nothing to undo on this node (CRI on {}: {e})",
                 t.socket.display()
             ));
             break;
@@ -495,6 +560,7 @@ pub async fn uninstall(a: Uninstall) -> Result<()> {
         l.set(Some(None), None, &mut term).await?;
     }
     say("uninstalled");
+    drop(lock);
     stay(a.wait, "uninstalled", &mut term).await;
     Ok(())
 }
