@@ -42,6 +42,11 @@ pub struct RunRequest {
     /// Wasm artifact the shim wrote out of containerd's content store.
     #[serde(default)]
     pub wasm: Option<WasmFile>,
+    /// This is a pod's sandbox container, run natively: the runner makes
+    /// the sandbox of the spec and then only holds its namespaces, reaps
+    /// orphans and waits for SIGTERM (what pause does), with no Wasm.
+    #[serde(default)]
+    pub pod_sandbox: bool,
 }
 
 /// A Wasm binary outside the container's rootfs.

@@ -225,6 +225,8 @@ pub enum RequestError {
     Options(#[source] crate::server::options::OptionsError),
     #[error("the pod's user namespace needs idmapped mounts, which this node's runc cannot make ({why}); a user-namespaced pod's Linux containers need runc 1.2 or later (its Wasm containers do not)")]
     RuncWithoutIdmap { why: String },
+    #[error("pod annotation wasmpod.io/pod-sandbox: {0:?}; expected native (the default) or runc")]
+    PodSandboxMode(String),
 }
 
 impl Error {

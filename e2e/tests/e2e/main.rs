@@ -12,6 +12,7 @@ mod harness;
 mod http;
 mod installer;
 mod network;
+mod pod_sandbox;
 mod pods;
 mod sandbox;
 mod security_context;

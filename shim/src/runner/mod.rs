@@ -17,6 +17,11 @@
 //! 5. build the guest's WASI context (its preopens opened by the user) and
 //!    reply `ready`;
 //! 6. on `start`: [`sandbox::before_guest`] (seccomp, last), then run.
+//!
+//! A pod's sandbox container, run natively ([`RunRequest::pod_sandbox`]),
+//! takes steps 2 and 4 only, and then does what pause does: holds the pod's
+//! namespaces, reaps the orphans of a shared PID namespace, and exits 0 on
+//! SIGTERM or SIGINT.
 
 use std::io::BufReader;
 
@@ -83,19 +88,13 @@ pub fn main() -> i32 {
     };
     let id = req.id.clone();
     let mut spans = crate::spans::Spans::new();
+    if req.pod_sandbox {
+        return pod_sandbox(&req, spans, reader, writer);
+    }
     let prepared = match prepare(&req, &mut spans) {
         Ok(p) => p,
-        Err(e) => {
-            let message = e.to_string();
-            // The container's stderr is the CRI log: say it there as well.
-            eprintln!("wasmpod: container {id}: {message}");
-            let failed = Reply::Failed {
-                kind: e.kind(),
-                message,
-            };
-            let _ = control::send(&mut writer, &failed);
-            return 1;
-        }
+        // the container's stderr is the CRI log: said there as well
+        Err(e) => return fail(&id, e, &mut writer),
     };
     let (prepared, info) = prepared;
     let kind = match (info.kind, info.http) {
@@ -128,6 +127,75 @@ pub fn main() -> i32 {
         return 1;
     }
     prepared.run(&id)
+}
+
+/// Says why the runner cannot get ready, on the container's stderr (the CRI
+/// log) and to the shim; the runner's exit code.
+fn fail(id: &str, e: RunnerError, writer: &mut std::os::unix::net::UnixStream) -> i32 {
+    let message = e.to_string();
+    eprintln!("wasmpod: container {id}: {message}");
+    let failed = Reply::Failed {
+        kind: e.kind(),
+        message,
+    };
+    let _ = control::send(writer, &failed);
+    1
+}
+
+/// A native pod sandbox: the namespaces and the sandbox of the spec (steps 2
+/// and 4), `ready`, and on `start` seccomp and pause's wait.
+fn pod_sandbox(
+    req: &RunRequest,
+    mut spans: crate::spans::Spans,
+    mut reader: BufReader<std::os::unix::net::UnixStream>,
+    mut writer: std::os::unix::net::UnixStream,
+) -> i32 {
+    let sys = &Linux;
+    let plan = &req.plan;
+    let made = sandbox::before_load(sys, plan).and_then(|entered| {
+        spans.mark("namespaces");
+        sandbox::after_load(sys, plan, entered)
+    });
+    if let Err(e) = made {
+        return fail(&req.id, e.into(), &mut writer);
+    }
+    spans.mark("sandbox");
+    let ready = Reply::Ready {
+        kind: "pod sandbox".into(),
+        entrypoint: "(native)".into(),
+        cache: "none".into(),
+        warnings: vec![],
+        timings: spans.into_steps(),
+    };
+    if control::send(&mut writer, &ready).is_err() {
+        return 2;
+    }
+    let mut line = String::new();
+    match std::io::BufRead::read_line(&mut reader, &mut line) {
+        Ok(n) if n > 0 && line.trim_end() == control::START => {}
+        _ => return 0,
+    }
+    drop(reader);
+    drop(writer);
+    // the signals first: seccomp may not allow changing them later
+    let set = match sys::sandbox::pod_sandbox_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wasmpod: pod sandbox {}: signals: {e}", req.id);
+            return 1;
+        }
+    };
+    if let Err(e) = sandbox::before_guest(&Linux, plan) {
+        eprintln!("wasmpod: pod sandbox {}: {e}", req.id);
+        return 1;
+    }
+    match sys::sandbox::pod_sandbox_wait(&set) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("wasmpod: pod sandbox {}: wait: {e}", req.id);
+            1
+        }
+    }
 }
 
 /// Steps 2–5: everything that can fail on a bad workload or spec, before

@@ -318,6 +318,58 @@ pub fn exit_on_terminating_signals() -> std::io::Result<()> {
     Ok(())
 }
 
+extern "C" fn no_op(_: libc::c_int) {}
+
+/// The native pod sandbox's signals (pause's jobs): SIGTERM and SIGINT end
+/// it with status 0, SIGCHLD reaps the orphans of a shared PID namespace.
+/// All three are blocked here and taken by [`pod_sandbox_wait`]. SIGCHLD
+/// gets a handler that does nothing: pid 1 of a PID namespace is never sent
+/// a signal whose action is the default, and SIGCHLD's default is to be
+/// discarded, so without one no child's exit would wake it.
+pub fn pod_sandbox_signals() -> std::io::Result<nix::sys::signal::SigSet> {
+    use nix::sys::signal::{SigSet, Signal};
+    // SAFETY: a zeroed sigaction with a plain handler, an empty mask and no
+    // flags is valid; the handler does nothing (the signal stays blocked
+    // anyway; the handler only keeps it from being discarded).
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = no_op as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+        set.add(s);
+    }
+    set.thread_block().map_err(std::io::Error::from)?;
+    Ok(set)
+}
+
+/// Waits as pause does: reaps every exited child, and returns on SIGTERM or
+/// SIGINT (the caller exits 0).
+pub fn pod_sandbox_wait(set: &nix::sys::signal::SigSet) -> std::io::Result<()> {
+    use nix::sys::signal::Signal;
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    loop {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match set.wait() {
+            Ok(Signal::SIGTERM | Signal::SIGINT) => return Ok(()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Gives `signal` its default action again (before another handler is
 /// installed for it).
 pub fn default_action(signal: libc::c_int) -> std::io::Result<()> {

@@ -51,12 +51,14 @@ use wasmpod_oci::image::Entry;
 mod compute;
 mod density;
 mod http;
+mod pods;
 mod startup;
 mod stress;
 
 use compute::compute;
 use density::density;
 use http::http;
+use pods::pod_start;
 pub(crate) use startup::run_args;
 use startup::{start_up, throughput};
 use stress::stress;
@@ -156,6 +158,9 @@ fn main() -> Result<()> {
     }
     if wanted("b5") {
         results.insert("b5".into(), http(&cd)?);
+    }
+    if wanted("b6") {
+        results.insert("b6".into(), pod_start(rounds)?);
     }
     if wanted("b2") {
         results.insert("b2".into(), density(&cd)?);

@@ -94,10 +94,15 @@ impl Backend {
         if let Some(world) = &env.fake {
             return world.launch(env, req);
         }
-        let in_pod = spec
+        let container_type = spec
             .annotations()
             .as_ref()
-            .is_some_and(|a| a.contains_key(CONTAINER_TYPE_ANNOTATION));
+            .and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION))
+            .map(String::as_str);
+        if container_type == Some("sandbox") && native_sandbox(&req.id, spec)? {
+            return wasm::launch(env, req, bundle, spec, plan, rootfs, Located::PodSandbox).await;
+        }
+        let in_pod = container_type.is_some();
         let located = locate(&plan);
         if in_pod && located == Located::Other {
             linux::launch(env, req, bundle, &plan, options).await
@@ -226,6 +231,32 @@ pub enum Located {
     Other,
     /// No candidate path exists: the Wasm may be a layer of an artifact.
     Missing,
+    /// Not looked for: a pod's sandbox container, which the shim runs
+    /// natively (no pause binary, no runc).
+    PodSandbox,
+}
+
+/// The pod annotation that chooses how a pod's sandbox runs: `native` (the
+/// default: a runner holds the pod's namespaces, see `runner::pod_sandbox`)
+/// or `runc` (the pause image's entry point under the node's runc).
+pub const POD_SANDBOX_ANNOTATION: &str = "wasmpod.io/pod-sandbox";
+
+/// Whether the sandbox container of `spec` runs natively; an unknown
+/// value of [`POD_SANDBOX_ANNOTATION`] is an error.
+pub fn native_sandbox(id: &str, spec: &oci_spec::runtime::Spec) -> Result<bool> {
+    match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(POD_SANDBOX_ANNOTATION))
+        .map(String::as_str)
+    {
+        None | Some("native") => Ok(true),
+        Some("runc") => Ok(false),
+        Some(other) => Err(crate::error::Error::request(
+            id,
+            crate::error::RequestError::PodSandboxMode(other.to_owned()),
+        )),
+    }
 }
 
 /// Finds the plan's entry point inside the rootfs and tells what it is.
@@ -261,6 +292,34 @@ mod tests {
         }))
         .unwrap();
         RunPlan::from_spec(&spec, Path::new("/b")).unwrap()
+    }
+
+    #[test]
+    fn pod_sandbox_annotation_chooses_native_or_runc() {
+        let spec = |value: Option<&str>| -> oci_spec::runtime::Spec {
+            let mut annotations = serde_json::Map::new();
+            annotations.insert(CONTAINER_TYPE_ANNOTATION.into(), "sandbox".into());
+            if let Some(v) = value {
+                annotations.insert(POD_SANDBOX_ANNOTATION.into(), v.into());
+            }
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.1.0",
+                "process": {"args": ["/pause"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+                "root": {"path": "rootfs"},
+                "annotations": annotations,
+            }))
+            .unwrap()
+        };
+        assert!(native_sandbox("p", &spec(None)).unwrap());
+        assert!(native_sandbox("p", &spec(Some("native"))).unwrap());
+        assert!(!native_sandbox("p", &spec(Some("runc"))).unwrap());
+        let err = native_sandbox("p", &spec(Some("kata")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"kata\"") && err.contains("native (the default) or runc"),
+            "{err}"
+        );
     }
 
     #[test]

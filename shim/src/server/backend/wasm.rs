@@ -124,6 +124,7 @@ pub async fn launch(
             plan,
             cache: env.cache.clone(),
             wasm: fetched.clone(),
+            pod_sandbox: located == Located::PodSandbox,
         };
         let (runner, exit) = Runner::spawn(
             &request,
@@ -206,6 +207,7 @@ pub async fn exec(
         plan,
         cache: env.cache.clone(),
         wasm: None,
+        pod_sandbox: false,
     };
     let (runner, exit) = Runner::spawn(
         &request,

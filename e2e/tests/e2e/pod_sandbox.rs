@@ -1,0 +1,227 @@
+//! The native pod sandbox: a wasmpod pod's sandbox container is a runner
+//! of the shim's, not runc running the pause image. It holds the pod's
+//! namespaces (network from CNI, IPC, UTS with the pod's hostname, the PID
+//! namespace when the pod shares one), is in the pod's cgroup, reaps the
+//! orphans of a shared PID namespace, exits 0 on SIGTERM, and everything
+//! CRI reports about the pod stays right. `wasmpod.io/pod-sandbox: runc`
+//! brings runc's pause back.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use wasmpod_e2e::cri::{api, container_config, with_shared_pids, Pod, HANDLER};
+use wasmpod_e2e::images::busybox_image;
+use wasmpod_e2e::{Containerd, ContainerdOptions};
+
+use crate::common::{cri_probe_image, P1};
+
+const BUSYBOX: &str = "docker.io/wasmpod-e2e/busybox:pod-sandbox";
+
+fn ns(pid: i32, kind: &str) -> Result<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .with_context(|| format!("/proc/{pid}/ns/{kind}"))
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// The children of `pid` that are zombies.
+fn zombie_children(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{child}/status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_owned())
+        };
+        if field("PPid:").as_deref() == Some(&pid.to_string())
+            && field("State:").is_some_and(|s| s.starts_with('Z'))
+        {
+            found.push(child);
+        }
+    }
+    found
+}
+
+#[test]
+fn native_pod_sandbox_holds_the_pods_namespaces_without_runc() -> Result<()> {
+    let cd = Containerd::start(ContainerdOptions {
+        cri: true,
+        ..Default::default()
+    })?;
+    let cri = cd.cri()?;
+    let probe = cri_probe_image(&cd, P1)?;
+    cd.cri_import(&busybox_image(BUSYBOX)?, BUSYBOX)?;
+
+    let config = Pod::share_process_namespace(Pod::config(&cd, "native-sandbox"));
+    let mut pod = Pod::run(&cd, &cri, config, HANDLER)?;
+    let sandbox = pod.sandbox_pid()?;
+    // the sandbox task is a runner of the shim, pid 1 of the pod's PID
+    // namespace, in the pod's cgroup; no pause binary, no runc
+    let exe = std::fs::read_link(format!("/proc/{sandbox}/exe"))?;
+    ensure!(
+        cmdline(sandbox).contains(&format!("__wasmpod_runner {}", pod.id))
+            && exe
+                .file_name()
+                .is_some_and(|n| n == wasmpod_e2e::SHIM_BINARY),
+        "sandbox pid {sandbox} is {exe:?}: {}",
+        cmdline(sandbox)
+    );
+    let status = std::fs::read_to_string(format!("/proc/{sandbox}/status"))?;
+    ensure!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1")),
+        "the sandbox is not pid 1 of the pod's PID namespace: {status}"
+    );
+    let cgroup = std::fs::read_to_string(format!("/proc/{sandbox}/cgroup"))?;
+    ensure!(
+        cgroup.contains(&pod.cgroup_parent()),
+        "sandbox not in the pod cgroup {}: {cgroup}",
+        pod.cgroup_parent()
+    );
+    let netns = pod.netns_path()?.context("no netns")?;
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&netns)?);
+    ensure!(
+        ns(sandbox, "net")? == std::path::Path::new(&format!("net:[{inode}]")),
+        "the sandbox is not in the pod's network namespace {}: {:?}",
+        netns.display(),
+        ns(sandbox, "net")?
+    );
+    // CRI's view of the pod
+    let st = cri.pod_sandbox_status(&pod.id)?;
+    let s = st.status.context("no sandbox status")?;
+    ensure!(
+        s.state == api::PodSandboxState::SandboxReady as i32
+            && s.created_at > 0
+            && s.network.as_ref().is_some_and(|n| !n.ip.is_empty()),
+        "PodSandboxStatus: {s:?}"
+    );
+
+    // a Wasm container and a Linux sidecar join the sandbox's namespaces
+    let app = with_shared_pids(container_config("app", &probe, &[], &["sleep", "300"]));
+    let app_id = pod.start(&app)?;
+    let side = with_shared_pids(container_config(
+        "side",
+        BUSYBOX,
+        &["/bin/sh", "-c", "sleep 300"],
+        &[],
+    ));
+    let side_id = pod.start(&side)?;
+    let out = cri.exec_sync(&side_id, &["/bin/busybox", "hostname"], 20)?;
+    ensure!(
+        out.exit_code == 0 && out.stdout.trim() == "native-sandbox",
+        "the sidecar's hostname: {out:?}"
+    );
+    let out = cri.exec_sync(&side_id, &["/bin/busybox", "ps", "-o", "pid,args"], 20)?;
+    ensure!(
+        out.exit_code == 0
+            && out
+                .stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with("1 ") && l.contains("__wasmpod_runner"))
+            && out.stdout.contains(&format!("__wasmpod_runner {app_id}")),
+        "the sidecar's ps (pid 1 the sandbox, the Wasm container listed): {out:?}"
+    );
+    // orphans are reparented to the sandbox and reaped by it
+    let out = cri.exec_sync(
+        &side_id,
+        &["/bin/sh", "-c", "for i in 1 2 3; do (sleep 0.2 &) ; done"],
+        20,
+    )?;
+    ensure!(out.exit_code == 0, "orphans: {out:?}");
+    std::thread::sleep(Duration::from_millis(800));
+    let zombies = zombie_children(sandbox);
+    ensure!(
+        zombies.is_empty(),
+        "zombies left under the sandbox: {zombies:?}"
+    );
+    for kind in ["net", "ipc", "uts", "pid"] {
+        let want = ns(sandbox, kind)?;
+        let side_pid = i32::try_from(
+            cri.container_info(&side_id)?["pid"]
+                .as_i64()
+                .context("sidecar pid")?,
+        )?;
+        ensure!(
+            ns(side_pid, kind)? == want,
+            "the sidecar is not in the sandbox's {kind} namespace"
+        );
+    }
+    let stats = cri.container_stats(&app_id)?;
+    ensure!(
+        stats.memory.is_some(),
+        "no stats for the Wasm container: {stats:?}"
+    );
+
+    // StopPodSandbox ends the sandbox (and twice is no error), then
+    // RemovePodSandbox (twice too)
+    let id = pod.id.clone();
+    let stopped = Instant::now();
+    cri.stop_pod_sandbox(&id)?;
+    cri.stop_pod_sandbox(&id)?;
+    ensure!(
+        !std::path::Path::new(&format!("/proc/{sandbox}")).exists()
+            || std::fs::read_to_string(format!("/proc/{sandbox}/status"))
+                .map(|s| s.contains("State:\tZ"))
+                .unwrap_or(true),
+        "the sandbox process is still running after StopPodSandbox"
+    );
+    let s = cri.pod_sandbox_status(&id)?.status.context("status")?;
+    ensure!(
+        s.state == api::PodSandboxState::SandboxNotready as i32,
+        "after stop: {s:?} ({:?})",
+        stopped.elapsed()
+    );
+    pod.remove()?;
+    cri.remove_pod_sandbox(&id)?;
+    cd.assert_no_leftovers()
+}
+
+#[test]
+fn pod_sandbox_annotation_brings_runc_pause_back_and_refuses_unknown_values() -> Result<()> {
+    let cd = Containerd::start(ContainerdOptions {
+        cri: true,
+        ..Default::default()
+    })?;
+    let cri = cd.cri()?;
+    let mut config = Pod::config(&cd, "runc-sandbox");
+    config
+        .annotations
+        .insert("wasmpod.io/pod-sandbox".into(), "runc".into());
+    let pod = Pod::run(&cd, &cri, config, HANDLER)?;
+    let sandbox = pod.sandbox_pid()?;
+    ensure!(
+        !cmdline(sandbox).contains("__wasmpod_runner"),
+        "wasmpod.io/pod-sandbox: runc still ran a native sandbox: {}",
+        cmdline(sandbox)
+    );
+    pod.remove()?;
+
+    let mut config = Pod::config(&cd, "bad-sandbox");
+    config
+        .annotations
+        .insert("wasmpod.io/pod-sandbox".into(), "kata".into());
+    let err = Pod::run(&cd, &cri, config, HANDLER)
+        .err()
+        .context("an unknown wasmpod.io/pod-sandbox value was accepted")?;
+    ensure!(
+        format!("{err:#}").contains("expected native (the default) or runc"),
+        "RunPodSandbox error: {err:#}"
+    );
+    cd.assert_no_leftovers()
+}
