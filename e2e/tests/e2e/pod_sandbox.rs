@@ -29,6 +29,25 @@ fn cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// The children of `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|c| {
+                    std::fs::read_to_string(format!("/proc/{c}/status")).is_ok_and(|s| {
+                        s.lines().any(|l| {
+                            l.strip_prefix("PPid:")
+                                .is_some_and(|v| v.trim() == pid.to_string())
+                        })
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The children of `pid` that are zombies.
 fn zombie_children(pid: i32) -> Vec<i32> {
     let mut found = Vec::new();
@@ -140,15 +159,42 @@ fn native_pod_sandbox_holds_the_pods_namespaces_without_runc() -> Result<()> {
     // orphans are reparented to the sandbox and reaped by it
     let out = cri.exec_sync(
         &side_id,
-        &["/bin/sh", "-c", "for i in 1 2 3; do (sleep 0.2 &) ; done"],
+        // not holding the exec's output, which ExecSync drains to the end
+        &[
+            "/bin/sh",
+            "-c",
+            "for i in 1 2 3; do (sleep 3 </dev/null >/dev/null 2>&1 &) ; done",
+        ],
         20,
     )?;
     ensure!(out.exit_code == 0, "orphans: {out:?}");
-    std::thread::sleep(Duration::from_millis(800));
-    let zombies = zombie_children(sandbox);
+    let orphans = children(sandbox);
     ensure!(
-        zombies.is_empty(),
-        "zombies left under the sandbox: {zombies:?}"
+        orphans.len() >= 3,
+        "the orphans were not reparented to the sandbox: {orphans:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while orphans
+        .iter()
+        .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "orphans {orphans:?} not reaped (zombies {:?})",
+            zombie_children(sandbox)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // as pid 1, it ignores what pause ignores (a HUP or USR1 from inside)
+    let out = cri.exec_sync(
+        &side_id,
+        &["/bin/sh", "-c", "kill -HUP 1; kill -USR1 1"],
+        20,
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(
+        out.exit_code == 0 && cmdline(sandbox).contains("__wasmpod_runner"),
+        "the sandbox did not survive SIGHUP/SIGUSR1 from the pod: {out:?}"
     );
     for kind in ["net", "ipc", "uts", "pid"] {
         let want = ns(sandbox, kind)?;
@@ -168,28 +214,58 @@ fn native_pod_sandbox_holds_the_pods_namespaces_without_runc() -> Result<()> {
         "no stats for the Wasm container: {stats:?}"
     );
 
-    // StopPodSandbox ends the sandbox (and twice is no error), then
-    // RemovePodSandbox (twice too)
+    // SIGTERM ends it (as pause, with status 0), and the pod is not ready
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sandbox),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = cri.pod_sandbox_status(&pod.id)?.status.context("status")?;
+        if s.state == api::PodSandboxState::SandboxNotready as i32 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "still ready after SIGTERM: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let exit = sandbox_exit_status(&cd, &pod.id)?;
+    ensure!(exit == 0, "the sandbox exited {exit} on SIGTERM");
+    // StopPodSandbox and RemovePodSandbox, each twice: no error
     let id = pod.id.clone();
-    let stopped = Instant::now();
     cri.stop_pod_sandbox(&id)?;
     cri.stop_pod_sandbox(&id)?;
-    ensure!(
-        !std::path::Path::new(&format!("/proc/{sandbox}")).exists()
-            || std::fs::read_to_string(format!("/proc/{sandbox}/status"))
-                .map(|s| s.contains("State:\tZ"))
-                .unwrap_or(true),
-        "the sandbox process is still running after StopPodSandbox"
-    );
-    let s = cri.pod_sandbox_status(&id)?.status.context("status")?;
-    ensure!(
-        s.state == api::PodSandboxState::SandboxNotready as i32,
-        "after stop: {s:?} ({:?})",
-        stopped.elapsed()
-    );
     pod.remove()?;
     cri.remove_pod_sandbox(&id)?;
     cd.assert_no_leftovers()
+}
+
+/// The exit status of the sandbox task `id`, as the shim logged it to
+/// containerd's log (`container ID: pid N exited with CODE`).
+fn sandbox_exit_status(cd: &Containerd, id: &str) -> Result<i32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let prefix = format!("container {id}: pid ");
+    loop {
+        let log = std::fs::read_to_string(cd.log_path())?;
+        let code = log.lines().find_map(|l| {
+            let rest = l.split(&prefix).nth(1)?;
+            let code = rest.split(" exited with ").nth(1)?;
+            code.split(|c: char| c != '-' && !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        });
+        if let Some(code) = code {
+            return Ok(code);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no exit of {id} in containerd's log"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -205,9 +281,25 @@ fn pod_sandbox_annotation_brings_runc_pause_back_and_refuses_unknown_values() ->
         .insert("wasmpod.io/pod-sandbox".into(), "runc".into());
     let pod = Pod::run(&cd, &cri, config, HANDLER)?;
     let sandbox = pod.sandbox_pid()?;
+    let exe = std::fs::read_link(format!("/proc/{sandbox}/exe"))?;
     ensure!(
-        !cmdline(sandbox).contains("__wasmpod_runner"),
-        "wasmpod.io/pod-sandbox: runc still ran a native sandbox: {}",
+        exe.file_name().is_some_and(|n| n == "pause"),
+        "wasmpod.io/pod-sandbox: runc did not run the pause image: {exe:?} {}",
+        cmdline(sandbox)
+    );
+    pod.remove()?;
+
+    // without shareProcessNamespace: the native sandbox is pid 1 of a PID
+    // namespace of its own
+    let pod = Pod::run(&cd, &cri, Pod::config(&cd, "own-pids"), HANDLER)?;
+    let sandbox = pod.sandbox_pid()?;
+    let status = std::fs::read_to_string(format!("/proc/{sandbox}/status"))?;
+    ensure!(
+        cmdline(sandbox).contains("__wasmpod_runner")
+            && status
+                .lines()
+                .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1")),
+        "sandbox {sandbox}: {} {status}",
         cmdline(sandbox)
     );
     pod.remove()?;

@@ -142,8 +142,10 @@ fn fail(id: &str, e: RunnerError, writer: &mut std::os::unix::net::UnixStream) -
     1
 }
 
-/// A native pod sandbox: the namespaces and the sandbox of the spec (steps 2
-/// and 4), `ready`, and on `start` seccomp and pause's wait.
+/// A native pod sandbox: its signals, the namespaces and the sandbox of the
+/// spec (steps 2 and 4) and seccomp, all before `ready`, so that a failure
+/// reaches the shim (containerd gives a sandbox no stdio to say it on); on
+/// `start`, pause's wait.
 fn pod_sandbox(
     req: &RunRequest,
     mut spans: crate::spans::Spans,
@@ -152,13 +154,25 @@ fn pod_sandbox(
 ) -> i32 {
     let sys = &Linux;
     let plan = &req.plan;
+    let set = match sys::sandbox::pod_sandbox_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            let e = sandbox::SandboxError::Signals(e);
+            return fail(&req.id, e.into(), &mut writer);
+        }
+    };
     let made = sandbox::before_load(sys, plan).and_then(|entered| {
         spans.mark("namespaces");
-        sandbox::after_load(sys, plan, entered)
+        let guest = sandbox::after_load(sys, plan, entered)?;
+        // seccomp last, as for a guest: what follows (the reply, the start
+        // line, the wait) is in any profile that lets pause run
+        sandbox::before_guest(sys, plan)?;
+        Ok(guest)
     });
-    if let Err(e) = made {
-        return fail(&req.id, e.into(), &mut writer);
-    }
+    let _guest = match made {
+        Ok(g) => g,
+        Err(e) => return fail(&req.id, e.into(), &mut writer),
+    };
     spans.mark("sandbox");
     let ready = Reply::Ready {
         kind: "pod sandbox".into(),
@@ -177,18 +191,6 @@ fn pod_sandbox(
     }
     drop(reader);
     drop(writer);
-    // the signals first: seccomp may not allow changing them later
-    let set = match sys::sandbox::pod_sandbox_signals() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("wasmpod: pod sandbox {}: signals: {e}", req.id);
-            return 1;
-        }
-    };
-    if let Err(e) = sandbox::before_guest(&Linux, plan) {
-        eprintln!("wasmpod: pod sandbox {}: {e}", req.id);
-        return 1;
-    }
     match sys::sandbox::pod_sandbox_wait(&set) {
         Ok(()) => 0,
         Err(e) => {

@@ -318,27 +318,23 @@ pub fn exit_on_terminating_signals() -> std::io::Result<()> {
     Ok(())
 }
 
-extern "C" fn no_op(_: libc::c_int) {}
-
-/// The native pod sandbox's signals (pause's jobs): SIGTERM and SIGINT end
-/// it with status 0, SIGCHLD reaps the orphans of a shared PID namespace.
-/// All three are blocked here and taken by [`pod_sandbox_wait`]. SIGCHLD
-/// gets a handler that does nothing: pid 1 of a PID namespace is never sent
-/// a signal whose action is the default, and SIGCHLD's default is to be
-/// discarded, so without one no child's exit would wake it.
+/// The native pod sandbox's signals, as pause has them: SIGTERM and SIGINT
+/// end it with status 0, SIGCHLD reaps the orphans of a shared PID
+/// namespace; all three are blocked here and taken by [`pod_sandbox_wait`]
+/// (a blocked signal is queued even to pid 1 of a PID namespace, which
+/// drops signals left at their default action). Every other signal the
+/// runner gave a handler as pid 1 ([`exit_on_terminating_signals`]) goes
+/// back to its default action: as pid 1, pause ignores a SIGHUP or SIGUSR1
+/// that a process of the pod sends it, and so must the sandbox, whose end
+/// is the pod's.
 pub fn pod_sandbox_signals() -> std::io::Result<nix::sys::signal::SigSet> {
     use nix::sys::signal::{SigSet, Signal};
-    // SAFETY: a zeroed sigaction with a plain handler, an empty mask and no
-    // flags is valid; the handler does nothing (the signal stays blocked
-    // anyway; the handler only keeps it from being discarded).
-    let rc = unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = no_op as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
+    if std::process::id() == 1 {
+        for signal in TERMINATING {
+            if signal != libc::SIGTERM && signal != libc::SIGINT {
+                default_action(signal)?;
+            }
+        }
     }
     let mut set = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {

@@ -52,7 +52,11 @@ fn round(cd: &Containerd, cri: &Cri, k: &Kind, n: usize) -> Result<[Duration; 3]
         std::thread::sleep(Duration::from_millis(1));
     };
     let exited = t0.elapsed() - sandbox;
-    ensure!(status.exit_code == 0, "{}: {status:?}", k.name);
+    ensure!(
+        status.state == api::ContainerState::ContainerExited as i32 && status.exit_code == 0,
+        "{}: not exited 0 after 30 s: {status:?}",
+        k.name
+    );
     pod.remove()?;
     Ok([sandbox, running, exited])
 }

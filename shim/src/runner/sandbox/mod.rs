@@ -48,6 +48,8 @@ pub use guest::{GuestFs, Preopen};
 pub enum SandboxError {
     #[error(transparent)]
     Namespace(#[from] namespace::NamespaceError),
+    #[error("pod sandbox signals: {0}")]
+    Signals(#[source] std::io::Error),
     #[error("mount namespace {path}: {source}")]
     MountNamespace {
         path: PathBuf,

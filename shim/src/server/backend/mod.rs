@@ -99,7 +99,10 @@ impl Backend {
             .as_ref()
             .and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION))
             .map(String::as_str);
-        if container_type == Some("sandbox") && native_sandbox(&req.id, spec)? {
+        if container_type == Some("sandbox")
+            && native_sandbox(&req.id, spec)?
+            && !runc_holds_userns_pods(env, &plan).await
+        {
             return wasm::launch(env, req, bundle, spec, plan, rootfs, Located::PodSandbox).await;
         }
         let in_pod = container_type.is_some();
@@ -257,6 +260,22 @@ pub fn native_sandbox(id: &str, spec: &oci_spec::runtime::Spec) -> Result<bool> 
             crate::error::RequestError::PodSandboxMode(other.to_owned()),
         )),
     }
+}
+
+/// Whether the sandbox of `plan`, a pod with a user namespace of its own
+/// (`hostUsers: false`), goes to runc's pause: when the node's runc can run
+/// that pod's Linux containers (it makes idmapped mounts, runc 1.2+). A runc
+/// sidecar mounts `/dev/mqueue` and `/proc` in the pod's IPC and PID
+/// namespaces from inside the pod's user namespace, which needs them owned
+/// by it, as runc makes them; the native sandbox makes them as the node's
+/// root, before it enters the user namespace (docs/security.md §2.2).
+/// Where runc cannot, a user-namespaced pod holds only Wasm containers, and
+/// its sandbox is native: such a pod needs no runc at all.
+async fn runc_holds_userns_pods(env: &Env, plan: &RunPlan) -> bool {
+    plan.user_namespace
+        .as_ref()
+        .is_some_and(|ns| ns.path.is_none())
+        && env.runc.idmap_mounts(&env.exits).await.is_ok()
 }
 
 /// Finds the plan's entry point inside the rootfs and tells what it is.
