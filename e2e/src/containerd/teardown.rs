@@ -280,6 +280,12 @@ impl Containerd {
         for cg in leftovers::leftover_cgroups(&ids) {
             let _ = fs::remove_dir(&cg);
         }
+        // the cgroup parents of the pods a test ran (`Pod::config`), which a
+        // test that fails before `Pod::remove` would leave, empty
+        for uid in ids.iter().filter(|id| id.starts_with("uid-")) {
+            let parent = format!("{}/pod{uid}", crate::cri::POD_CGROUP_ROOT);
+            let _ = crate::cri::remove_pod_cgroup(&parent);
+        }
         for ns in [self.namespace(), crate::cri::CRI_NAMESPACE] {
             for dir in leftovers::leftover_runc_state(ns, &ids) {
                 let _ = fs::remove_dir_all(&dir);
