@@ -12,6 +12,59 @@ fn log_count(cd: &Containerd, needle: &str) -> Result<usize> {
     Ok(log.lines().filter(|l| l.contains(needle)).count())
 }
 
+/// A scale-out: containers of one new module started at once compile it
+/// once; the others wait for that compile and map what it stored.
+#[test]
+fn concurrent_first_starts_compile_once() -> Result<()> {
+    let cd = Containerd::start(ContainerdOptions::default())?;
+    let image = probe_image(&cd, P1)?;
+    let outs: Vec<Result<wasmpod_e2e::Output>> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..6)
+            .map(|i| {
+                let (cd, image) = (&cd, &image);
+                s.spawn(move || {
+                    run(
+                        cd,
+                        &[],
+                        image,
+                        &format!("herd-{i}"),
+                        &["/probe.wasm", "args"],
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| {
+                r.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("run panicked")))
+            })
+            .collect()
+    });
+    for out in outs {
+        let out = out?;
+        ensure!(
+            out.status == Some(0) && out.stdout.starts_with("/probe.wasm\n"),
+            "{out:?}"
+        );
+    }
+    ensure!(
+        log_count(&cd, ": runner pid")? == 6,
+        "not six load lines:\n{}",
+        cd.log_tail(40)
+    );
+    ensure!(
+        log_count(&cd, "module cache stored")? == 1,
+        "the module was compiled more than once:\n{}",
+        cd.log_tail(40)
+    );
+    ensure!(
+        log_count(&cd, "module cache hit")? == 5,
+        "{}",
+        cd.log_tail(40)
+    );
+    Ok(())
+}
+
 #[test]
 fn compiles_once_then_loads_from_the_cache() -> Result<()> {
     let cd = Containerd::start(ContainerdOptions::default())?;

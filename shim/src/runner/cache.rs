@@ -70,6 +70,8 @@ impl CacheConfig {
 pub enum Outcome {
     /// Loaded from a verified cache entry.
     Hit,
+    /// Loaded from the entry another start compiled while this one waited.
+    HitAfterWait,
     /// Compiled, and stored for next time.
     Stored,
     /// Compiled; the cache could not be used (logged to the caller).
@@ -169,6 +171,13 @@ impl Hasher for StableHasher {
 
 /// Compiles `wasm`, or loads it from the cache. Compile errors are returned;
 /// cache trouble is reported through `warn` and never fails the load.
+///
+/// Concurrent first starts of the same Wasm (a Deployment scaled out on a
+/// node) compile it once: the first takes the entry's lock file, the others
+/// wait for it and then map what it stored. What was compiled here is
+/// replaced by the stored entry's mapping, so even the first container's
+/// code pages are the page cache's, shared with every later one, and the
+/// compiler's scratch memory goes back to the kernel.
 pub fn load<A: Artifact>(
     config: Option<&CacheConfig>,
     engine: &Engine,
@@ -176,7 +185,7 @@ pub fn load<A: Artifact>(
     warn: &mut dyn FnMut(String),
 ) -> wasmtime::Result<(A, Outcome)> {
     let Some(config) = config else {
-        return Ok((A::compile(engine, wasm)?, Outcome::Compiled));
+        return Ok((compile::<A>(engine, wasm)?, Outcome::Compiled));
     };
     let name = format!("{}.{}", key(engine, wasm), A::SUFFIX);
     let path = config.dir.join(&name);
@@ -184,15 +193,119 @@ pub fn load<A: Artifact>(
     if let Some(artifact) = lookup::<A>(engine, &path, &digest_path, warn) {
         return Ok((artifact, Outcome::Hit));
     }
-    let artifact = A::compile(engine, wasm)?;
+    // Held until the entry is stored (or this start gives up on it).
+    let lock = compile_lock(&config.dir, &name, warn);
+    // Stored meanwhile, by the holder this start waited for or by one that
+    // finished between the miss above and the lock.
+    if lock.is_some() {
+        if let Some(artifact) = lookup::<A>(engine, &path, &digest_path, warn) {
+            let waited = lock.as_ref().is_some_and(|l| l.waited);
+            return Ok((
+                artifact,
+                if waited {
+                    Outcome::HitAfterWait
+                } else {
+                    Outcome::Hit
+                },
+            ));
+        }
+    }
+    let artifact = compile::<A>(engine, wasm)?;
     match store(config, &artifact, &path, &digest_path) {
-        Ok(()) => Ok((artifact, Outcome::Stored)),
+        Ok(()) => {
+            drop(lock);
+            // the stored entry's mapping instead of the private copy
+            match lookup::<A>(engine, &path, &digest_path, warn) {
+                Some(mapped) => {
+                    drop(artifact);
+                    sys::mem::release_free_heap();
+                    Ok((mapped, Outcome::Stored))
+                }
+                None => Ok((artifact, Outcome::Stored)),
+            }
+        }
         Err(e) => {
             warn(format!(
                 "module cache {}: not stored: {e}",
                 config.dir.display()
             ));
             Ok((artifact, Outcome::Compiled))
+        }
+    }
+}
+
+/// Compiles, then hands the compiler's freed scratch memory back.
+fn compile<A: Artifact>(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<A> {
+    let out = A::compile(engine, wasm);
+    sys::mem::release_free_heap();
+    out
+}
+
+/// How long a start waits for another process compiling the same entry
+/// before it compiles the entry itself (a holder stopped or frozen must
+/// not hold every other start back for ever).
+const COMPILE_WAIT: Duration = Duration::from_secs(120);
+
+/// An entry's lock file, held (`flock`, so the kernel releases it when its
+/// holder dies) while one process compiles and stores the entry, and
+/// removed by its holder when done, stored or not (a full or read-only
+/// cache keeps no lock files). A waiter still holding the removed file
+/// then finds the entry stored, or compiles it itself; one that arrives
+/// after makes a new lock file, takes it at once and finds the entry.
+struct CompileLock {
+    _file: std::fs::File,
+    path: PathBuf,
+    /// Whether another process held it first (and so may have stored the
+    /// entry meanwhile).
+    waited: bool,
+}
+
+impl Drop for CompileLock {
+    fn drop(&mut self) {
+        // unlinked while still held; the descriptor closes after this
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Takes `<dir>/<name>.lock`, waiting up to [`COMPILE_WAIT`]; `None` when
+/// the lock cannot be had (an unwritable cache, a holder that never ends),
+/// and the caller compiles without it.
+fn compile_lock(dir: &Path, name: &str, warn: &mut dyn FnMut(String)) -> Option<CompileLock> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).ok()?;
+    let path = dir.join(format!("{name}.lock"));
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .ok()?;
+    let deadline = std::time::Instant::now() + COMPILE_WAIT;
+    let mut waited = false;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                return Some(CompileLock {
+                    _file: file,
+                    path,
+                    waited,
+                })
+            }
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                waited = true;
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                warn(format!(
+                    "module cache: {} still locked by another compile after {COMPILE_WAIT:?}: compiling here too",
+                    path.display()
+                ));
+                return None;
+            }
+            Err(std::fs::TryLockError::Error(_)) => return None,
         }
     }
 }
@@ -253,6 +366,11 @@ fn discard(path: &Path) {
     for p in companions(path) {
         let _ = std::fs::remove_file(p);
     }
+    // An unlinked lock file a waiter still holds costs at most one more
+    // compile of the entry.
+    let mut lock = path.to_path_buf().into_os_string();
+    lock.push(".lock");
+    let _ = std::fs::remove_file(lock);
 }
 
 fn lookup<A: Artifact>(
@@ -382,8 +500,9 @@ fn evict(config: &CacheConfig) {
     }
 }
 
-/// Removes sidecars and stamps older than `age` whose entry is gone (an
-/// eviction racing a lookup, a writer that died between its two renames).
+/// Removes sidecars, stamps and lock files older than `age` whose entry is
+/// gone (an eviction racing a lookup, a writer that died between its two
+/// renames or before it stored anything).
 fn sweep_orphans(dir: &Path, age: Duration) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -392,7 +511,7 @@ fn sweep_orphans(dir: &Path, age: Duration) {
         let path = e.path();
         let is_companion = path
             .extension()
-            .is_some_and(|x| x == "sha256" || x == "verified");
+            .is_some_and(|x| x == "sha256" || x == "verified" || x == "lock");
         if is_companion && !path.with_extension("").exists() && older_than(&e, age) {
             let _ = std::fs::remove_file(&path);
         }
@@ -493,11 +612,76 @@ mod tests {
         assert!(companions(&entry)[0].exists());
     }
 
+    /// The lock file of `wasm`'s entry, taken as another start would.
+    fn hold_compile_lock(config: &CacheConfig, engine: &Engine, wasm: &[u8]) -> std::fs::File {
+        std::fs::create_dir_all(&config.dir).unwrap();
+        let name = format!("{}.{}", key(engine, wasm), Module::SUFFIX);
+        let f = std::fs::File::create(config.dir.join(format!("{name}.lock"))).unwrap();
+        f.lock().unwrap();
+        f
+    }
+
+    #[test]
+    fn a_start_waits_for_the_compile_in_progress_and_maps_its_entry() {
+        let (_d, config, engine, wasm) = setup(1 << 30);
+        let held = hold_compile_lock(&config, &engine, &wasm);
+        let waiter = {
+            let (config, engine, wasm) = (config.clone(), engine.clone(), wasm.clone());
+            std::thread::spawn(move || {
+                load::<Module>(Some(&config), &engine, &wasm, &mut no_warn())
+                    .unwrap()
+                    .1
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!waiter.is_finished(), "did not wait for the lock holder");
+        // the holder stores the entry, then lets go
+        let name = format!("{}.{}", key(&engine, &wasm), Module::SUFFIX);
+        let path = config.dir.join(&name);
+        let module = Module::new(&engine, &wasm).unwrap();
+        store(
+            &config,
+            &module,
+            &path,
+            &config.dir.join(format!("{name}.sha256")),
+        )
+        .unwrap();
+        drop(held);
+        assert_eq!(waiter.join().unwrap(), Outcome::HitAfterWait);
+    }
+
+    #[test]
+    fn a_lock_holder_that_stored_nothing_leaves_the_compile_to_the_waiter() {
+        let (_d, config, engine, wasm) = setup(1 << 30);
+        let held = hold_compile_lock(&config, &engine, &wasm);
+        let waiter = {
+            let (config, engine, wasm) = (config.clone(), engine.clone(), wasm.clone());
+            std::thread::spawn(move || {
+                load::<Module>(Some(&config), &engine, &wasm, &mut no_warn())
+                    .unwrap()
+                    .1
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        drop(held); // it died mid-compile (its lock file stays)
+        assert_eq!(waiter.join().unwrap(), Outcome::Stored);
+        let name = format!("{}.{}", key(&engine, &wasm), Module::SUFFIX);
+        assert!(!config.dir.join(format!("{name}.lock")).exists());
+        let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
+        assert_eq!(o, Outcome::Hit);
+    }
+
     #[test]
     fn miss_then_hit() {
         let (_d, config, engine, wasm) = setup(1 << 30);
         let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
         assert_eq!(o, Outcome::Stored);
+        let locks: Vec<_> = std::fs::read_dir(&config.dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "lock"))
+            .collect();
+        assert!(locks.is_empty(), "lock file kept: {locks:?}");
         let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
         assert_eq!(o, Outcome::Hit);
     }
@@ -536,8 +720,8 @@ mod tests {
         load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
         let entry = config.dir.join(format!("{}.cwasm", key(&engine, &wasm)));
         let [_, stamp_path] = companions(&entry);
-        assert!(!stamp_path.exists(), "stamped before any hit");
-        // the first hit hashes and stamps
+        // the store maps what it wrote, hashing and stamping it
+        assert!(stamp_path.exists(), "the stored entry is not stamped");
         let (_, o) = load::<Module>(Some(&config), &engine, &wasm, &mut no_warn()).unwrap();
         assert_eq!(o, Outcome::Hit);
         let stamp_text = std::fs::read_to_string(&stamp_path).unwrap();

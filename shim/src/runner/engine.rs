@@ -314,6 +314,7 @@ pub fn load(
             http,
             cache_outcome: match outcome {
                 cache::Outcome::Hit => "hit",
+                cache::Outcome::HitAfterWait => "hit after waiting for another start's compile",
                 cache::Outcome::Stored => "stored",
                 cache::Outcome::Compiled => "compiled",
             },
