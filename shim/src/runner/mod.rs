@@ -122,6 +122,11 @@ pub fn main() -> i32 {
     }
     drop(reader);
     drop(writer);
+    // What the sandbox read (the node's mount table, thousands of lines on
+    // a busy node) is freed but still held by the allocator: hand it back
+    // before the guest runs for the container's life, and before seccomp,
+    // which may not allow the calls that takes.
+    sys::mem::release_free_heap();
     if let Err(e) = sandbox::before_guest(&Linux, &req.plan) {
         eprintln!("wasmpod: container {id}: {e}");
         return 1;
@@ -164,6 +169,9 @@ fn pod_sandbox(
     let made = sandbox::before_load(sys, plan).and_then(|entered| {
         spans.mark("namespaces");
         let guest = sandbox::after_load(sys, plan, entered)?;
+        // the node's mount table the sandbox read, back to the kernel
+        // (before seccomp, which may not allow it)
+        crate::sys::mem::release_free_heap();
         // seccomp last, as for a guest: what follows (the reply, the start
         // line, the wait) is in any profile that lets pause run
         sandbox::before_guest(sys, plan)?;

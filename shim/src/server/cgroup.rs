@@ -13,7 +13,7 @@ use cgroups_rs::fs::{hierarchies, Cgroup, Controller};
 use cgroups_rs::CgroupPid;
 use containerd_shim::protos::cgroups::metrics::{MemoryEntry, Metrics};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::protobuf::{Message, MessageField};
 use oci_spec::runtime::LinuxResources;
 
 /// What went wrong with a container's cgroup.
@@ -44,6 +44,10 @@ pub enum CgroupError {
 /// A cgroup operation's result: the caller names the container and path.
 type Result<T> = std::result::Result<T, crate::error::Error>;
 use crate::error::Error;
+
+/// `Any.type_url` of the cgroup metrics containerd decodes, per version.
+const METRICS_V1: &str = "io.containerd.cgroups.v1.Metrics";
+const METRICS_V2: &str = "io.containerd.cgroups.v2.Metrics";
 
 /// A container's cgroup.
 pub struct ContainerCgroup {
@@ -271,15 +275,22 @@ impl ContainerCgroup {
             path: self.path.clone(),
             source: CgroupError::Metrics(Box::new(e)),
         };
-        let any = if self.cgroup.v2() {
+        // The type is named here, not by protobuf reflection (whose tables
+        // would stay in the shim's heap; see `server::events`).
+        let (type_url, value) = if self.cgroup.v2() {
             let m = containerd_shim::cgroup::collect_metrics_v2(&self.cgroup).map_err(err)?;
-            containerd_shim::util::convert_to_any(Box::new(m))
+            (METRICS_V2, m.write_to_bytes())
         } else {
             let mut m = containerd_shim::cgroup::collect_metrics(&self.cgroup).map_err(err)?;
             complete_v1_metrics(&self.cgroup, &mut m);
-            containerd_shim::util::convert_to_any(Box::new(m))
+            (METRICS_V1, m.write_to_bytes())
         };
-        any.map_err(err)
+        let value = value.map_err(|e| err(containerd_shim::Error::Protobuf(e)))?;
+        Ok(Any {
+            type_url: type_url.to_owned(),
+            value,
+            ..Default::default()
+        })
     }
 
     /// How many processes of this cgroup the kernel's OOM killer has
@@ -439,8 +450,14 @@ mod tests {
     use cgroups_rs::fs::pid::PidController;
     use cgroups_rs::fs::{Hierarchy, Subsystem};
     use containerd_shim::protos::cgroups_v2::metrics::Metrics as MetricsV2;
-    use containerd_shim::protos::protobuf::Message;
+    use containerd_shim::protos::protobuf::MessageFull;
     use std::path::PathBuf;
+
+    #[test]
+    fn metrics_type_urls_are_what_reflection_names() {
+        assert_eq!(METRICS_V1, Metrics::descriptor().full_name());
+        assert_eq!(METRICS_V2, MetricsV2::descriptor().full_name());
+    }
 
     /// A cgroup v2 hierarchy rooted at a directory of fixture files (what
     /// `/sys/fs/cgroup` holds on a unified node), with the cpu, memory and

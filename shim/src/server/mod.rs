@@ -19,7 +19,6 @@ use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::shim_async::{create_task, Task};
 use containerd_shim::protos::ttrpc::r#async::transport::Listener;
 use containerd_shim::protos::ttrpc::r#async::Server;
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::Flags;
 use log::{debug, info, warn};
 use nix::errno::Errno;
@@ -61,6 +60,7 @@ const TASK_V2: &str = "containerd.task.v2.Task";
 /// Runs the shim server: one thread serves the whole pod, since ttrpc
 /// requests are short and the shim's memory is paid once per pod.
 pub fn run(flags: &Flags) -> anyhow::Result<()> {
+    crate::sys::mem::use_one_arena();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,7 +92,7 @@ pub async fn serve(flags: &Flags) -> anyhow::Result<()> {
     sys::signal_server_started();
 
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
-    let publisher = RemotePublisher::new(&ttrpc_address)
+    let events = events::Remote::connect(&ttrpc_address, &flags.namespace)
         .await
         .with_context(|| format!("connect to containerd at {ttrpc_address}"))?;
     let shutdown = Arc::new(ExitSignal::default());
@@ -100,7 +100,7 @@ pub async fn serve(flags: &Flags) -> anyhow::Result<()> {
         address: flags.address.clone(),
         namespace: flags.namespace.clone(),
     };
-    let events = Box::new(events::Remote::new(publisher, &flags.namespace));
+    let events = Box::new(events);
     let tasks = Tasks::new(Env::new(containerd, events), shutdown.clone());
     let reaper = tokio::spawn(reap(tasks.clone()));
 

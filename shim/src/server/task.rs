@@ -26,7 +26,11 @@ impl Task for TaskService {
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         info!("create container {} bundle {}", req.id, req.bundle);
-        let pid = self.0.create(req).await.inspect_err(|e| warn!("{e}"))?;
+        let pid = self.0.create(req).await.inspect_err(|e| warn!("{e}"));
+        // what parsing the spec and planning took is free now: hand it back
+        // (a shim lives as long as its pod, and a node runs many)
+        crate::sys::mem::release_free_heap();
+        let pid = pid?;
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
@@ -39,7 +43,9 @@ impl Task for TaskService {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         info!("start container {}", req.id);
-        let pid = self.0.start(&req).await?;
+        let pid = self.0.start(&req).await;
+        crate::sys::mem::release_free_heap();
+        let pid = pid?;
         Ok(api::StartResponse {
             pid,
             ..Default::default()
