@@ -8,58 +8,120 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Result};
 
-/// Pod networks claimed by harnesses of this process (the `N` of `wpe<N>`).
-static CLAIMED: Mutex<BTreeSet<u8>> = Mutex::new(BTreeSet::new());
+/// Pod networks claimed by harnesses of this process (wide or not, and the
+/// `N` of `wpe<N>` / `wpw<N>`).
+static CLAIMED: Mutex<BTreeSet<(bool, u8)>> = Mutex::new(BTreeSet::new());
 
-/// The CNI bridge network of one harness.
+/// The CNI bridge network of one harness: `10.213.<N>.0/24` (253 pods,
+/// bridge `wpe<N>`), or a wide one, `10.212.<4N>.0/22` (1021 pods, bridge
+/// `wpw<N>`), for benches that run a thousand pods at once.
 #[derive(Debug)]
 pub struct CniNetwork {
+    slot: Slot,
+}
+
+/// Where a network lies (its addresses, its bridge's name); a candidate
+/// examined while [`CLAIMED`] is locked must not be a [`CniNetwork`], whose
+/// drop takes that lock.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
     index: u8,
+    wide: bool,
+}
+
+impl std::ops::Deref for CniNetwork {
+    type Target = Slot;
+    fn deref(&self) -> &Slot {
+        &self.slot
+    }
 }
 
 impl CniNetwork {
     /// Claims a network no other harness of this process uses and no host
-    /// interface or route of this machine overlaps.
-    pub fn claim() -> Result<CniNetwork> {
+    /// interface or route of this machine overlaps; `wide` for a /22.
+    pub fn claim(wide: bool) -> Result<CniNetwork> {
         let routes = fs::read_to_string("/proc/net/route").unwrap_or_default();
         let mut claimed = CLAIMED
             .lock()
             .map_err(|_| anyhow!("network lock poisoned"))?;
-        let start = (std::process::id() % 200) as u8;
-        for i in 0..200u8 {
-            let index = 20 + (start.wrapping_add(i) % 200);
-            if claimed.contains(&index)
-                || Path::new("/sys/class/net")
-                    .join(bridge_name(index))
-                    .exists()
-                || routes_overlap(&routes, index)
+        let (first, count) = if wide { (0u8, 64u8) } else { (20u8, 200u8) };
+        let start = (std::process::id() % u32::from(count)) as u8;
+        for i in 0..count {
+            let net = Slot {
+                index: first + (start.wrapping_add(i) % count),
+                wide,
+            };
+            if claimed.contains(&(wide, net.index))
+                || Path::new("/sys/class/net").join(net.bridge()).exists()
+                || routes_overlap(&routes, net.base(), net.mask())
             {
                 continue;
             }
-            claimed.insert(index);
-            return Ok(CniNetwork { index });
+            claimed.insert((wide, net.index));
+            return Ok(CniNetwork { slot: net });
         }
-        bail!("no free pod network 10.213.N.0/24 left for the e2e harness")
+        bail!(
+            "no free pod network {} left for the e2e harness",
+            if wide {
+                "10.212.4N.0/22"
+            } else {
+                "10.213.N.0/24"
+            }
+        )
+    }
+}
+
+impl Slot {
+    /// The network's first address.
+    fn base(&self) -> u32 {
+        if self.wide {
+            u32::from_be_bytes([10, 212, self.index * 4, 0])
+        } else {
+            u32::from_be_bytes([10, 213, self.index, 0])
+        }
     }
 
-    /// The bridge device (`wpe<N>`).
+    /// Its netmask.
+    fn mask(&self) -> u32 {
+        if self.wide {
+            0xffff_fc00
+        } else {
+            0xffff_ff00
+        }
+    }
+
+    /// The bridge device (`wpe<N>`, or `wpw<N>` when wide).
     pub fn bridge(&self) -> String {
-        bridge_name(self.index)
+        format!("{}{}", if self.wide { "wpw" } else { "wpe" }, self.index)
     }
 
-    /// The pod subnet (`10.213.<N>.0/24`).
+    /// The pod subnet (`10.213.<N>.0/24` or `10.212.<4N>.0/22`).
     pub fn subnet(&self) -> String {
-        format!("10.213.{}.0/24", self.index)
+        format!(
+            "{}/{}",
+            std::net::Ipv4Addr::from(self.base()),
+            self.mask().count_ones()
+        )
     }
 
-    /// The host's address on the bridge, the pods' gateway.
+    /// The host's address on the bridge, the pods' gateway (the first).
     pub fn gateway(&self) -> String {
-        format!("10.213.{}.1", self.index)
+        std::net::Ipv4Addr::from(self.base() + 1).to_string()
+    }
+
+    /// How many pods the network holds (host-local leaves out the network,
+    /// gateway and broadcast addresses).
+    pub fn capacity(&self) -> usize {
+        (!self.mask()) as usize - 2
     }
 
     /// The network's name in CNI.
     pub fn name(&self) -> String {
-        format!("wasmpod-e2e-{}", self.index)
+        format!(
+            "wasmpod-e2e-{}{}",
+            if self.wide { "w" } else { "" },
+            self.index
+        )
     }
 
     /// The CNI configuration list: bridge with host-local IPAM (state in
@@ -111,21 +173,14 @@ impl Drop for CniNetwork {
                 .status();
         }
         if let Ok(mut claimed) = CLAIMED.lock() {
-            claimed.remove(&self.index);
+            claimed.remove(&(self.wide, self.index));
         }
     }
 }
 
-/// The bridge device of network `index`.
-fn bridge_name(index: u8) -> String {
-    format!("wpe{index}")
-}
-
 /// Whether a route of the host (`/proc/net/route`) covers or lies inside
-/// `10.213.<index>.0/24`.
-fn routes_overlap(routes: &str, index: u8) -> bool {
-    let ours = u32::from_be_bytes([10, 213, index, 0]);
-    let our_mask = 0xffff_ff00u32;
+/// the network `ours`/`our_mask`.
+fn routes_overlap(routes: &str, ours: u32, our_mask: u32) -> bool {
     routes.lines().skip(1).any(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
         let (Some(dst), Some(mask)) = (f.get(1), f.get(7)) else {
@@ -156,15 +211,64 @@ mod tests {
                       eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\n\
                       eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\n\
                       br0\t0000D50A\t00000000\t0001\t0\t0\t0\t0000FFFF\n";
+        let net = Slot {
+            index: 42,
+            wide: false,
+        };
         // 10.213.0.0/16 covers every 10.213.N.0/24
-        assert!(routes_overlap(routes, 42));
+        assert!(routes_overlap(routes, net.base(), net.mask()));
         let routes: String = routes.lines().take(3).collect::<Vec<_>>().join("\n");
-        assert!(!routes_overlap(&routes, 42));
+        assert!(!routes_overlap(&routes, net.base(), net.mask()));
+        // a /24 inside a wide /22 overlaps it
+        let wide = Slot {
+            index: 3,
+            wide: true,
+        };
+        let inside = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                      br0\t000ED40A\t00000000\t0001\t0\t0\t0\t00FFFFFF\n";
+        assert_eq!(wide.subnet(), "10.212.12.0/22");
+        assert!(routes_overlap(inside, wide.base(), wide.mask()));
+        assert!(!routes_overlap(inside, net.base(), net.mask()));
+    }
+
+    #[test]
+    fn claims_skip_the_networks_already_claimed() {
+        // the second claim passes over the first's network (a candidate
+        // dropped while the claims are locked must not take the lock)
+        let a = CniNetwork::claim(false).unwrap();
+        let b = CniNetwork::claim(false).unwrap();
+        let w = CniNetwork::claim(true).unwrap();
+        let v = CniNetwork::claim(true).unwrap();
+        assert_ne!(a.subnet(), b.subnet());
+        assert_ne!(w.subnet(), v.subnet());
+        drop(a);
+        let c = CniNetwork::claim(false).unwrap();
+        assert_ne!(c.subnet(), b.subnet());
+    }
+
+    #[test]
+    fn wide_network_holds_a_thousand_pods() {
+        let wide = Slot {
+            index: 63,
+            wide: true,
+        };
+        assert_eq!(wide.subnet(), "10.212.252.0/22");
+        assert_eq!(wide.gateway(), "10.212.252.1");
+        assert_eq!(wide.bridge(), "wpw63");
+        assert_eq!(wide.capacity(), 1021);
+        let net = Slot {
+            index: 77,
+            wide: false,
+        };
+        assert_eq!(net.capacity(), 253);
     }
 
     #[test]
     fn conflist_is_a_bridge_with_private_ipam() {
-        let net = CniNetwork { index: 77 };
+        let net = Slot {
+            index: 77,
+            wide: false,
+        };
         let v: serde_json::Value =
             serde_json::from_str(&net.conflist(Path::new("/t/ipam"))).unwrap();
         assert_eq!(v["plugins"][0]["bridge"], "wpe77");

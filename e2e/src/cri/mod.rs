@@ -33,7 +33,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 mod cni;
 mod pod;
 
-pub use cni::CniNetwork;
+pub use cni::{CniNetwork, Slot};
 pub use pod::*;
 
 /// The namespace containerd's CRI plugin keeps its images and containers in.
@@ -438,6 +438,22 @@ impl Cri {
             rt.list_containers(req).await
         })?;
         Ok(resp.containers)
+    }
+
+    /// How many containers `ListContainers` reports running, in any sandbox.
+    pub fn list_running_containers(&self) -> Result<usize> {
+        let req = api::ListContainersRequest {
+            filter: Some(api::ContainerFilter {
+                state: Some(api::ContainerStateValue {
+                    state: api::ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            }),
+        };
+        let resp = self.call("ListContainers", |mut rt, _| async move {
+            rt.list_containers(req).await
+        })?;
+        Ok(resp.containers.len())
     }
 
     /// Polls `ContainerStatus` until the container has exited, or `timeout`

@@ -92,12 +92,7 @@ pub(crate) fn density_run(cd: &Containerd, n: usize, wasm: bool) -> Result<Densi
         let r = role(&p.argv);
         let entry = roles.entry(r).or_insert((0usize, 0.0f64));
         if entry.0 == 1 && save_smaps {
-            let dir = workspace_root().join("target/bench");
-            std::fs::create_dir_all(&dir)?;
-            let _ = std::fs::copy(
-                format!("/proc/{}/smaps", p.pid),
-                dir.join(format!("smaps-{}.txt", r.replace(' ', "-"))),
-            );
+            crate::save_smaps(p.pid, &r.replace(' ', "-"))?;
         }
         entry.0 += 1;
         entry.1 += kib as f64 / 1024.0;

@@ -23,6 +23,16 @@
 //! and p50/p99 latency, beside `wasmtime serve -Scli` of the same component
 //! when a `wasmtime` CLI is on `PATH`.
 //!
+//! B6 pod start: RunPodSandbox + CreateContainer + StartContainer through
+//! CRI until the container runs and until it exited 0, a wasmpod pod (native
+//! sandbox, and runc's pause) beside a runc pod, interleaved.
+//!
+//! B7 pods at scale: 1000 pods (`WASMPOD_BENCH_PODS`, runc's count
+//! `WASMPOD_BENCH_RUNC_PODS`) running at once through CRI, created at
+//! parallelism 8: time to all running, PSS per pod by process role,
+//! containerd's growth, the MemAvailable drop, the time to remove them all;
+//! `WASMPOD_BENCH_B7_HOLD=1` waits for Enter with them running.
+//!
 //! S1 stress: 500 (`WASMPOD_BENCH_STRESS`) `ctr run --rm` cycles of the
 //! Wasm hello world at parallelism 2 and 16: every cycle must succeed with
 //! the right output, and afterwards no process, cgroup, mount, FIFO, task
@@ -30,7 +40,7 @@
 //! latency per parallelism. With B2's 200 running Wasm containers (all of
 //! which must run), this is the load run of the reliability work.
 //!
-//! `WASMPOD_BENCH_ONLY` picks parts (a comma list of `b1`..`b5`, `s1`; `hold`
+//! `WASMPOD_BENCH_ONLY` picks parts (a comma list of `b1`..`b7`, `s1`; `hold`
 //! only starts the containerd with the images and waits for Enter);
 //! `WASMPOD_BENCH_SMAPS=1` saves `/proc/PID/smaps` of the second process of each
 //! role in B2 under `target/bench/` for a closer look.
@@ -52,6 +62,7 @@ mod compute;
 mod density;
 mod http;
 mod pods;
+mod scale;
 mod startup;
 mod stress;
 
@@ -59,6 +70,7 @@ use compute::compute;
 use density::density;
 use http::http;
 use pods::pod_start;
+use scale::pods_at_scale;
 pub(crate) use startup::run_args;
 use startup::{start_up, throughput};
 use stress::stress;
@@ -162,6 +174,9 @@ fn main() -> Result<()> {
     if wanted("b6") {
         results.insert("b6".into(), pod_start(rounds)?);
     }
+    if wanted("b7") {
+        results.insert("b7".into(), pods_at_scale()?);
+    }
     if wanted("b2") {
         results.insert("b2".into(), density(&cd)?);
         cd.assert_no_leftovers()?;
@@ -175,6 +190,18 @@ fn main() -> Result<()> {
     let path = dir.join("results.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&results)?)?;
     println!("\nresults: {}", path.display());
+    Ok(())
+}
+
+/// Saves `/proc/PID/smaps` as `target/bench/smaps-<name>.txt` (for
+/// `WASMPOD_BENCH_SMAPS=1`); a process gone meanwhile is skipped.
+pub(crate) fn save_smaps(pid: i32, name: &str) -> Result<()> {
+    let dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let _ = std::fs::copy(
+        format!("/proc/{pid}/smaps"),
+        dir.join(format!("smaps-{name}.txt")),
+    );
     Ok(())
 }
 
