@@ -365,6 +365,18 @@ impl Cri {
             .ok_or_else(|| anyhow!("CRI ContainerStats of {id}: no stats in the answer"))
     }
 
+    /// `PodSandboxStats` (what kubelet's `/stats/summary` reads for a pod).
+    pub fn pod_sandbox_stats(&self, id: &str) -> Result<api::PodSandboxStats> {
+        let req = api::PodSandboxStatsRequest {
+            pod_sandbox_id: id.to_string(),
+        };
+        let resp = self.call("PodSandboxStats", |mut rt, _| async move {
+            rt.pod_sandbox_stats(req).await
+        })?;
+        resp.stats
+            .ok_or_else(|| anyhow!("CRI PodSandboxStats of {id}: no stats in the answer"))
+    }
+
     /// `StopContainer` with a grace period of `timeout_secs`; the call itself
     /// may take that long plus the kill.
     pub fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<()> {

@@ -3,8 +3,8 @@
 //! namespaces (network from CNI, IPC, UTS with the pod's hostname, the PID
 //! namespace when the pod shares one), is in the pod's cgroup, reaps the
 //! orphans of a shared PID namespace, exits 0 on SIGTERM, and everything
-//! CRI reports about the pod stays right. `wasmpod.io/pod-sandbox: runc`
-//! brings runc's pause back.
+//! CRI reports about the pod stays right (PodSandboxStats included).
+//! `wasmpod.io/pod-sandbox: runc` brings runc's pause back.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -315,5 +315,114 @@ fn pod_sandbox_annotation_brings_runc_pause_back_and_refuses_unknown_values() ->
         format!("{err:#}").contains("expected native (the default) or runc"),
         "RunPodSandbox error: {err:#}"
     );
+    cd.assert_no_leftovers()
+}
+
+/// What `PodSandboxStats` reported, as a list of the parts present.
+fn stats_parts(s: &api::PodSandboxStats) -> Vec<&'static str> {
+    let Some(l) = &s.linux else {
+        return vec![];
+    };
+    let mut parts = vec![];
+    if l.cpu
+        .as_ref()
+        .is_some_and(|c| c.usage_core_nano_seconds.is_some())
+    {
+        parts.push("cpu");
+    }
+    if l.memory
+        .as_ref()
+        .is_some_and(|m| m.working_set_bytes.is_some())
+    {
+        parts.push("memory");
+    }
+    if l.network.as_ref().is_some_and(|n| {
+        n.default_interface
+            .as_ref()
+            .is_some_and(|i| !i.name.is_empty())
+    }) {
+        parts.push("network");
+    }
+    if l.process
+        .as_ref()
+        .is_some_and(|p| p.process_count.is_some())
+    {
+        parts.push("process");
+    }
+    if !l.containers.is_empty() {
+        parts.push("containers");
+    }
+    parts
+}
+
+/// kubelet's pod stats (`/stats/summary`, `kubectl top pod`) read
+/// PodSandboxStats: a native sandbox's pod reports every part a runc pod's
+/// does, with its Wasm container among the containers.
+#[test]
+fn pod_sandbox_stats_of_a_native_pod_cover_what_a_runc_pods_do() -> Result<()> {
+    let cd = Containerd::start(ContainerdOptions {
+        cri: true,
+        ..Default::default()
+    })?;
+    let cri = cd.cri()?;
+    let probe = cri_probe_image(&cd, P1)?;
+    cd.cri_import(&busybox_image(BUSYBOX)?, BUSYBOX)?;
+    let mut wasm = Pod::run(&cd, &cri, Pod::config(&cd, "stats-wasm"), HANDLER)?;
+    let app = wasm.start(&container_config("app", &probe, &[], &["sleep", "300"]))?;
+    let mut linux = Pod::run(&cd, &cri, Pod::config(&cd, "stats-runc"), "")?;
+    linux.start(&container_config(
+        "app",
+        BUSYBOX,
+        &["/bin/busybox", "sleep", "300"],
+        &[],
+    ))?;
+    let runc = cri.pod_sandbox_stats(&linux.id);
+    let ours = cri.pod_sandbox_stats(&wasm.id);
+    match (&runc, &ours) {
+        (Err(r), Err(o)) => {
+            // a containerd without PodSandboxStats: the same gRPC code for both
+            let code = |e: &anyhow::Error| e.to_string().split(':').nth(1).map(str::to_owned);
+            ensure!(code(r) == code(o), "runc pod: {r:#}; wasm pod: {o:#}");
+            eprintln!("PodSandboxStats unsupported here: {r:#}");
+        }
+        (Ok(r), Ok(o)) => {
+            let (want, got) = (stats_parts(r), stats_parts(o));
+            ensure!(
+                want.iter().all(|p| got.contains(p)),
+                "the runc pod reports {want:?}, the native sandbox's pod only {got:?}: {o:?}"
+            );
+            let l = o.linux.as_ref().context("no Linux stats")?;
+            if let Some(ws) = l.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()) {
+                ensure!(ws.value > 0, "pod working set 0: {l:?}");
+            }
+            // the count containerd takes (the sandbox task's pids) is the
+            // same for both kinds of sandbox
+            let count = |s: &api::PodSandboxStats| {
+                s.linux
+                    .as_ref()
+                    .and_then(|l| l.process.as_ref())
+                    .and_then(|p| p.process_count.as_ref())
+                    .map(|c| c.value)
+            };
+            ensure!(
+                count(o) >= count(r) && count(o).is_some_and(|n| n >= 1),
+                "process count {:?} (runc pod {:?})",
+                count(o),
+                count(r)
+            );
+            if !l.containers.is_empty() {
+                ensure!(
+                    l.containers
+                        .iter()
+                        .any(|c| c.attributes.as_ref().is_some_and(|a| a.id == app)),
+                    "the Wasm container {app} is not among the pod's: {:?}",
+                    l.containers
+                );
+            }
+        }
+        _ => anyhow::bail!("only one pod has PodSandboxStats: runc {runc:?}, wasm {ours:?}"),
+    }
+    wasm.remove()?;
+    linux.remove()?;
     cd.assert_no_leftovers()
 }
